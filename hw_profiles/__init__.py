@@ -1,0 +1,1 @@
+"""Hardware profiles (TOML), shipped inside the package as ``snn_deploy.hw_profiles``."""

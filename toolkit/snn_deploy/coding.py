@@ -1,0 +1,67 @@
+"""Input encoders (values in [0, 1] -> time-major spikes or currents) and output decoders.
+
+All encoders return float32 tensors of shape (T, B, n), time-major as in Norse.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from snn_deploy.errors import UserError
+
+
+def rate_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
+    """Bernoulli rate coding: a spike at step t with probability x, independently per step.
+
+    Args:
+        x: (B, n) values in [0, 1].
+        steps: number of time steps T.
+        seed: seeds the generator, so the same call gives the same spikes.
+
+    Returns:
+        (T, B, n) float32 tensor of 0/1 spikes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand((steps, *x.shape), generator=gen)
+    return (u < x.clamp(0.0, 1.0).unsqueeze(0)).to(torch.float32)
+
+
+def direct_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
+    """Direct coding: the value itself is injected as a constant current at every step.
+
+    ``seed`` is accepted for a uniform signature and ignored (the coding is deterministic).
+
+    Returns:
+        (T, B, n) float32 tensor, x repeated T times.
+    """
+    del seed
+    return x.to(torch.float32).unsqueeze(0).expand(steps, *x.shape).contiguous()
+
+
+Encoder = Callable[..., torch.Tensor]
+
+ENCODERS: dict[str, Encoder] = {"rate": rate_encode, "direct": direct_encode}
+
+# Encodings whose output is binary spikes (the others carry graded values).
+BINARY_ENCODINGS = frozenset({"rate"})
+
+
+def encode(x: torch.Tensor, *, encoding: str, steps: int, seed: int) -> torch.Tensor:
+    """Encode (B, n) inputs with the named encoder (a key of ``ENCODERS``)."""
+    if encoding not in ENCODERS:
+        raise UserError(f"unknown encoding {encoding!r}: choose from {', '.join(ENCODERS)}")
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    return ENCODERS[encoding](x, steps=steps, seed=seed)
+
+
+def spike_count(spikes: torch.Tensor) -> torch.Tensor:
+    """Spike-count decoder: (T, B, C) output spikes -> (B, C) counts (the logits)."""
+    return spikes.sum(dim=0)
+
+
+def predict(spikes: torch.Tensor) -> torch.Tensor:
+    """Class with the most output spikes; ties go to the lowest class index. (T, B, C) -> (B,)."""
+    return spike_count(spikes).argmax(dim=1)

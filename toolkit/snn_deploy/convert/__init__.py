@@ -1,0 +1,1 @@
+"""Stage 2: torch/Norse models -> NIR graphs, NIR reading and validation."""

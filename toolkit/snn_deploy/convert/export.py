@@ -1,0 +1,105 @@
+"""Norse model -> NIR graph, repairing two bugs of Norse 1.1.0's ``to_nir`` at our boundary.
+
+1. ``norse.torch.utils.export_nir`` writes ``tau = dt / tau_inv`` (seconds scaled by dt) instead of
+   ``tau = 1 / tau_inv``: we divide the exported time constants by dt.
+2. Neuron parameters come out as 0-d tensors, which ``nir.write`` rejects ("Scalar datasets don't
+   support chunk/filter options"): we broadcast them to one value per neuron, as numpy arrays.
+
+tests/test_export.py shows both bugs on Norse itself, so the repair can go once Norse fixes them.
+The graph's metadata records dt (NIR stores none) and the model's input coding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nir
+import norse.torch as norse
+import numpy as np
+import torch
+
+from snn_deploy.fileio import atomic_path
+from snn_deploy.train.model import LIFNetwork
+
+_TAU_FIELDS = {"CubaLIF": ("tau_syn", "tau_mem"), "LIF": ("tau",), "LI": ("tau",)}
+
+
+def _as_array(value: object) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _repair_node(node: nir.NIRNode, *, dt: float, width: int) -> nir.NIRNode:
+    """Undo the dt scaling of time constants and broadcast scalar parameters to (width,)."""
+    kind = type(node).__name__
+    if kind in ("Affine", "Linear"):
+        fields = {"weight": _as_array(node.weight)}
+        if kind == "Affine":
+            fields["bias"] = _as_array(node.bias)
+        return type(node)(**fields)
+    if kind not in _TAU_FIELDS:
+        return node
+    params = {}
+    for name in ("tau_syn", "tau_mem", "tau", "r", "v_leak", "v_threshold", "v_reset", "w_in"):
+        if hasattr(node, name):
+            arr = _as_array(getattr(node, name))
+            if name in _TAU_FIELDS[kind]:
+                arr = arr / np.float32(dt)
+            params[name] = np.broadcast_to(arr, (width,)).astype(np.float32).copy()
+    return type(node)(**params)
+
+
+def model_to_nir(model: LIFNetwork) -> nir.NIRGraph:
+    """Export a trained ``LIFNetwork`` to a NIR graph with dt and coding in its metadata."""
+    cfg = model.config
+    raw = norse.to_nir(model.net, torch.zeros(1, cfg.input_size), dt=cfg.dt)
+    nodes: dict[str, nir.NIRNode] = {}
+    width = cfg.input_size
+    for name in _topological(raw):
+        node = raw.nodes[name]
+        kind = type(node).__name__
+        if kind in ("Affine", "Linear"):
+            width = int(np.asarray(node.weight).shape[0])
+        if kind == "Input":
+            node = nir.Input(input_type=np.array([cfg.input_size]))
+        elif kind == "Output":
+            node = nir.Output(output_type=np.array([cfg.output_size]))
+        else:
+            node = _repair_node(node, dt=cfg.dt, width=width)
+        nodes[name] = node
+    metadata = {
+        "dt": cfg.dt,
+        "snn_deploy": {
+            "encoding": cfg.encoding,
+            "steps": cfg.steps,
+            "dataset": cfg.dataset,
+            "decoder": "spike_count",
+            "writer": "snn-deploy (norse 1.1.0 to_nir, repaired)",
+        },
+    }
+    return nir.NIRGraph(nodes=nodes, edges=list(raw.edges), metadata=metadata)
+
+
+def _topological(graph: nir.NIRGraph) -> list[str]:
+    """Node names in an order where every edge goes forward (graph must be acyclic)."""
+    indeg = {n: 0 for n in graph.nodes}
+    for _, dst in graph.edges:
+        indeg[dst] += 1
+    ready = [n for n, d in indeg.items() if d == 0]
+    order = []
+    while ready:
+        n = ready.pop()
+        order.append(n)
+        for src, dst in graph.edges:
+            if src == n:
+                indeg[dst] -= 1
+                if indeg[dst] == 0:
+                    ready.append(dst)
+    return order
+
+
+def write_nir(graph: nir.NIRGraph, path: str | Path) -> None:
+    """``nir.write`` to a temporary file, renamed onto ``path`` when complete."""
+    with atomic_path(path) as tmp:
+        nir.write(str(tmp), graph)

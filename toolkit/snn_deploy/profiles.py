@@ -1,0 +1,148 @@
+"""Hardware profiles: what a target computes and what it costs, read from ``hw_profiles/*.toml``.
+
+``--profile`` takes a profile name (a file in ``hw_profiles/``, found both in a source checkout and
+in an installed package) or a path to a TOML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import tomli
+
+from snn_deploy.errors import ProfileError
+
+# (section, key) -> Profile field. Every key is required: a profile that omits one is refused.
+_REQUIRED_KEYS: dict[tuple[str, str], str] = {
+    ("weights", "bits"): "weight_bits",
+    ("weights", "num_weight_bits"): "num_weight_bits",
+    ("weights", "exp_min"): "weight_exp_min",
+    ("weights", "exp_max"): "weight_exp_max",
+    ("neuron", "state_bits"): "state_bits",
+    ("neuron", "decay_bits"): "decay_bits",
+    ("neuron", "du_offset"): "du_offset",
+    ("neuron", "dv_offset"): "dv_offset",
+    ("neuron", "threshold_bits"): "threshold_bits",
+    ("neuron", "threshold_shift"): "threshold_shift",
+    ("neuron", "activation_shift"): "activation_shift",
+    ("neuron", "bias_mant_bits"): "bias_mant_bits",
+    ("neuron", "bias_exp_max"): "bias_exp_max",
+    ("input", "graded_bits"): "input_graded_bits",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Number formats of a fixed-point neuromorphic target (all integers, see hw_profiles/*.toml)."""
+
+    name: str
+    description: str
+    weight_bits: int
+    num_weight_bits: int
+    weight_exp_min: int
+    weight_exp_max: int
+    state_bits: int
+    decay_bits: int
+    du_offset: int
+    dv_offset: int
+    threshold_bits: int
+    threshold_shift: int
+    activation_shift: int
+    bias_mant_bits: int
+    bias_exp_max: int
+    input_graded_bits: int
+    toml_text: str
+    sha256: str
+
+    @property
+    def decay_unity(self) -> int:
+        """The decay constant that means 'keep everything' (4096 for 12-bit decays)."""
+        return 1 << self.decay_bits
+
+    @property
+    def state_max(self) -> int:
+        """Largest magnitude of u and v (2**23 for 24-bit state)."""
+        return 1 << (self.state_bits - 1)
+
+    @property
+    def vth_max(self) -> int:
+        return (1 << self.threshold_bits) - 1
+
+
+def _profile_dir() -> Path:
+    return Path(str(resources.files("snn_deploy.hw_profiles")))
+
+
+def available_profiles() -> dict[str, Path]:
+    """Profile name -> TOML path, for every profile shipped with the package."""
+    return {p.stem: p for p in sorted(_profile_dir().glob("*.toml"))}
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Read a profile by name (``loihi2``) or from a TOML file path.
+
+    Raises:
+        ProfileError: unknown name, unreadable TOML, missing keys or values of the wrong type.
+    """
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        known = available_profiles()
+        if str(name_or_path) not in known:
+            raise ProfileError(
+                f"unknown profile {str(name_or_path)!r}: known profiles are {', '.join(known)}"
+                " (or give a path to a .toml file)"
+            )
+        path = known[str(name_or_path)]
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+    return parse_profile(text, origin=str(path))
+
+
+def parse_profile(text: str, *, origin: str = "<profile>") -> Profile:
+    """Build a Profile from TOML text, naming every missing or malformed key at once."""
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise ProfileError(f"profile {origin} is not valid TOML: {exc}") from None
+    values: dict[str, int] = {}
+    problems: list[str] = []
+    for (section, key), field in _REQUIRED_KEYS.items():
+        table = data.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if value is None:
+            problems.append(f"missing [{section}] {key}")
+        elif not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"[{section}] {key} must be an integer, got {value!r}")
+        else:
+            values[field] = value
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append("missing name")
+    if problems:
+        raise ProfileError(f"profile {origin}: " + "; ".join(problems))
+    if values["weight_exp_min"] > values["weight_exp_max"]:
+        problems.append(
+            f"[weights] exp_min {values['weight_exp_min']} > exp_max {values['weight_exp_max']}"
+        )
+    for field in ("weight_bits", "num_weight_bits", "state_bits", "decay_bits", "threshold_bits",
+                  "bias_mant_bits", "input_graded_bits"):
+        if not 1 <= values[field] <= 32:
+            problems.append(f"{field} = {values[field]} is outside 1..32")
+    if values["num_weight_bits"] > values["weight_bits"]:
+        problems.append(
+            f"num_weight_bits {values['num_weight_bits']} > weight bits {values['weight_bits']}"
+        )
+    if problems:
+        raise ProfileError(f"profile {origin} is impossible: " + "; ".join(problems))
+    return Profile(
+        name=name,
+        description=str(data.get("description", "")),
+        toml_text=text,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        **values,
+    )

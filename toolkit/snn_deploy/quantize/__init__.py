@@ -1,0 +1,1 @@
+"""Stage 3: NIR graph + Profile -> Deployment (fixed-point model for one hardware profile)."""

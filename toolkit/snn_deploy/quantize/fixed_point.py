@@ -1,0 +1,188 @@
+"""NIR layer chain + Profile -> Deployment: Loihi 2 CUBA LIF fixed-point quantization.
+
+Lava's fixed-point LIF (lava/proc/lif/models.py, ``AbstractPyLifModelFixed``) computes per step
+
+    u <- trunc(u * (4096 - (du + 1)) / 4096) + (a_in << 6)        (u wraps in 24 bits)
+    v <- trunc(v * (4096 - dv) / 4096) + u + (bias_mant << bias_exp)   (v saturates)
+    spike = v > (vth << 6);  v <- 0 on spike
+
+and its Dense adds ``(sum_j w_ij s_j) << weight_exp`` one step later. Matching the float chain of
+``convert.nirgraph`` term by term, with one shared scale ``s`` (integer units per float voltage
+unit) per layer so that ``v > theta`` keeps its meaning after rounding:
+
+    du + 1 = 4096 * (1 - syn_keep)          dv = 4096 * mem_gain (0 for IF)
+    w_mant * 2**(weight_exp + 6) = s * mem_gain * r * w_in * W
+    vth * 2**6 = s * v_threshold            bias_mant * 2**bias_exp = s * (per-step voltage bias)
+
+``s`` is the largest value for which the mantissas fit the Dense grid, vth fits its 17 bits and the
+calibrated peak of |u| stays within half the 24-bit range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+
+from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork
+from snn_deploy.errors import QuantizationError
+from snn_deploy.profiles import Profile
+from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer
+
+# Share of the 24-bit state range the calibrated peak of |u| may use: the rest is headroom for
+# inputs stronger than the calibration set's (u wraps around on overflow, which is catastrophic).
+U_HEADROOM = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightGrid:
+    """The integer values a fixed-point Dense really uses for one sign mode."""
+
+    low: int
+    high: int
+    step: int  # mantissas are multiples of step (truncated low bits)
+
+
+def weight_grid(profile: Profile, sign_mode: str) -> WeightGrid:
+    """Grid of ``lava.utils.weightutils.clip_weights`` then ``truncate_weights``."""
+    mixed = sign_mode == "mixed"
+    top = (1 << profile.weight_bits) - 1
+    low = -(1 << profile.weight_bits) if mixed else (-top if sign_mode == "inhibitory" else 0)
+    high = 0 if sign_mode == "inhibitory" else top
+    step = 1 << (profile.weight_bits - profile.num_weight_bits + int(mixed))
+    return WeightGrid(low=-((-low) // step) * step, high=(high // step) * step, step=step)
+
+
+def sign_mode_of(weights: np.ndarray) -> str:
+    """Lava's ``determine_sign_mode``: excitatory if no weight < 0, inhibitory if none > 0."""
+    if np.all(weights >= 0):
+        return "excitatory"
+    if np.all(weights <= 0):
+        return "inhibitory"
+    return "mixed"
+
+
+def _uniform(values: np.ndarray, what: str, layer: FloatLayer) -> float:
+    if not np.allclose(values, values[0], rtol=1e-6, atol=0):
+        raise QuantizationError(
+            f"layer {layer.neuron!r}: {what} differs between neurons"
+            f" ({values.min():.6g}..{values.max():.6g}); a Loihi 2 LIF process has one value"
+        )
+    return float(values[0])
+
+
+def _split_bias(bias_int: np.ndarray, profile: Profile) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer bias -> (mantissa, exponent, number saturated) with the smallest exponent that fits."""
+    mant_max = (1 << (profile.bias_mant_bits - 1)) - 1
+    mag = np.abs(bias_int)
+    exp = np.zeros(bias_int.shape, dtype=np.int32)
+    big = mag > mant_max
+    exp[big] = np.ceil(np.log2(mag[big] / mant_max))
+    exp = np.clip(exp, 0, profile.bias_exp_max).astype(np.int32)
+    saturated = int(np.sum(mag > mant_max * 2.0**profile.bias_exp_max))
+    mant = np.clip(np.round(bias_int / 2.0**exp), -mant_max - 1, mant_max)
+    return mant.astype(np.int32), exp, saturated
+
+
+def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
+                   input_scale: int, num_message_bits: int) -> QuantLayer:
+    """Quantize one synapse->neuron layer; ``u_peak`` is the peak |u| in float voltage units."""
+    spec = layer.spec
+    syn_keep = _uniform(spec.syn_keep, "the synaptic time constant", layer)
+    mem_gain = _uniform(spec.mem_gain, "the membrane time constant", layer)
+    theta = _uniform(spec.v_threshold, "v_threshold", layer)
+    if np.any(spec.v_reset != 0):
+        raise QuantizationError(
+            f"layer {layer.neuron!r}: v_reset = {spec.v_reset.max():.6g}, but a Loihi 2 LIF"
+            " resets v to 0"
+        )
+    if theta <= 0:
+        raise QuantizationError(f"layer {layer.neuron!r}: v_threshold {theta} must be > 0")
+    unity = profile.decay_unity
+    du = int(np.clip(round(unity * (1.0 - syn_keep)) - profile.du_offset, 0, unity - 1))
+    dv = int(np.clip(round(unity * mem_gain) - profile.dv_offset, 0, unity)) if spec.leak else 0
+    gain = mem_gain * spec.r * spec.w_in  # (n,) voltage per unit of synaptic input
+    w_eff = gain[:, None] * layer.weight / input_scale
+    # Per-step voltage bias: v_leak through the leak term, the Affine bias through the current
+    # (exact when the current does not persist, its steady state b / (1 - syn_keep) otherwise).
+    bias_v = gain * layer.bias / max(1.0 - syn_keep, 1e-12)
+    if spec.leak:
+        bias_v = bias_v + mem_gain * spec.v_leak
+    if syn_keep > 0 and np.any(layer.bias != 0):
+        warnings.warn(
+            f"layer {layer.neuron!r}: the Affine bias enters the synaptic current in NIR but the"
+            f" voltage on Loihi 2; using its steady state, reached after ~{1 / (1 - syn_keep):.1f}"
+            " steps", stacklevel=2,
+        )
+    sign_mode = sign_mode_of(w_eff)
+    grid = weight_grid(profile, sign_mode)
+    pos, neg = float(w_eff.max(initial=0.0)), float(-w_eff.min(initial=0.0))
+    k = min(grid.high / pos if pos > 0 else math.inf, -grid.low / neg if neg > 0 else math.inf)
+    act = profile.activation_shift
+    limits = [profile.vth_max * 2.0**profile.threshold_shift / theta]
+    if u_peak > 0:
+        limits.append(U_HEADROOM * profile.state_max / u_peak)
+    bias_peak = float(np.abs(bias_v).max(initial=0.0))
+    if bias_peak > 0:
+        limits.append(((1 << (profile.bias_mant_bits - 1)) - 1) * 2.0**profile.bias_exp_max / bias_peak)
+    s_limit = min(limits)
+    if math.isinf(k):  # all weights zero: any exponent represents them
+        exp, scale = 0, s_limit
+    else:
+        exp = int(np.clip(math.floor(math.log2(s_limit / k)) - act,
+                          profile.weight_exp_min, profile.weight_exp_max))
+        scale = min(k * 2.0**(exp + act), s_limit)
+    unit = 2.0**(exp + act)
+    raw = np.round(w_eff * scale / unit / grid.step) * grid.step
+    saturated = int(np.sum((raw < grid.low) | (raw > grid.high)))
+    weights = np.clip(raw, grid.low, grid.high).astype(np.int32)
+    vth_raw = round(theta * scale / 2.0**profile.threshold_shift)
+    vth = int(np.clip(vth_raw, 0, profile.vth_max))
+    bias_mant, bias_exp, bias_sat = _split_bias(np.round(bias_v * scale), profile)
+    return QuantLayer(
+        synapse=layer.synapse, neuron=layer.neuron, weights=weights, weight_exp=exp,
+        sign_mode=sign_mode, num_weight_bits=profile.num_weight_bits,
+        num_message_bits=num_message_bits, du=du, dv=dv, vth=vth,
+        bias_mant=bias_mant, bias_exp=bias_exp, scale=float(scale),
+        stats=LayerStats(
+            weights_total=int(weights.size), weights_saturated=saturated,
+            threshold_saturated=bool(vth != vth_raw), bias_saturated=bias_sat,
+            u_peak_share=float(u_peak * scale / profile.state_max),
+        ),
+    )
+
+
+def u_peak_bound(layer: FloatLayer) -> float:
+    """Worst-case |u| (float voltage units) for inputs in [0, 1]: every input active at once."""
+    spec = layer.spec
+    gain = spec.mem_gain * spec.r * spec.w_in
+    drive = np.abs(layer.weight).sum(axis=1) + np.abs(layer.bias)
+    return float(np.max(np.abs(gain) * drive / np.maximum(1.0 - spec.syn_keep, 1e-12)))
+
+
+def quantize_network(net: FloatNetwork, profile: Profile, *, graded_input: bool,
+                     u_peaks: list[float] | None, source_sha256: str, source_nir: bytes,
+                     calibration: str) -> Deployment:
+    """Quantize every layer of ``net`` for ``profile``.
+
+    Args:
+        graded_input: the input is a value per step (direct coding), sent as graded spikes of
+            ``profile.input_graded_bits`` bits, rather than binary spikes.
+        u_peaks: calibrated peak |u| per layer (float voltage units); None uses the worst-case bound.
+    """
+    input_scale = (1 << profile.input_graded_bits) - 1 if graded_input else 1
+    layers = []
+    for i, layer in enumerate(net.layers):
+        peak = u_peaks[i] if u_peaks is not None else u_peak_bound(layer)
+        layers.append(quantize_layer(
+            layer, profile, u_peak=peak,
+            input_scale=input_scale if i == 0 else 1,
+            num_message_bits=profile.input_graded_bits if (graded_input and i == 0) else 0,
+        ))
+    return Deployment(
+        profile=profile, layers=tuple(layers), input_size=net.input_size,
+        input_scale=input_scale, dt=net.dt, coding=dict(net.coding),
+        source_sha256=source_sha256, source_nir=source_nir, calibration=calibration,
+    )

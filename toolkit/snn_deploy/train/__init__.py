@@ -1,0 +1,1 @@
+"""Stage 1: reference Norse models and their training."""
