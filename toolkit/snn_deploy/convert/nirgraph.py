@@ -11,6 +11,7 @@ Neuron dynamics, discretised with time step dt exactly as Norse does (norse/torc
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import nir
@@ -72,14 +73,23 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"NIR file not found: {path}")
+    return _read(path, origin=str(path))
+
+
+def read_nir_bytes(data: bytes, *, origin: str) -> nir.NIRGraph:
+    """Read a NIR graph from the bytes of a NIR file (e.g. the copy inside a Deployment)."""
+    return _read(io.BytesIO(data), origin=origin)
+
+
+def _read(source: Path | io.BytesIO, *, origin: str) -> nir.NIRGraph:
     try:
-        graph = nir.read(str(path))
+        graph = nir.read(source)
     except Exception as exc:  # h5py/nir raise OSError, KeyError, ValueError... on foreign files
         raise InputFileError(
-            f"{path} is not a readable NIR file ({type(exc).__name__}: {str(exc)[:120]})"
+            f"{origin} is not a readable NIR file ({type(exc).__name__}: {str(exc)[:120]})"
         ) from None
     if not isinstance(graph, nir.NIRGraph):
-        raise InputFileError(f"{path} holds a single NIR node, not a graph")
+        raise InputFileError(f"{origin} holds a single NIR node, not a graph")
     return graph
 
 

@@ -1,0 +1,124 @@
+"""The pipeline as Python functions, one per CLI command; the CLI is a thin shell over these."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from snn_deploy.coding import BINARY_ENCODINGS, ENCODERS, encode
+from snn_deploy.convert.export import model_to_nir, write_nir
+from snn_deploy.convert.nirgraph import FloatNetwork, graph_to_network, read_nir
+from snn_deploy.data import load_dataset
+from snn_deploy.errors import InputFileError, UserError
+from snn_deploy.profiles import load_profile
+from snn_deploy.quantize.deployment import Deployment
+from snn_deploy.quantize.fixed_point import quantize_network
+from snn_deploy.run.float_backend import run_float
+from snn_deploy.train.bptt import EpochStats, TrainResult, train_bptt
+from snn_deploy.train.model import ModelConfig, load_checkpoint
+
+CALIBRATION_SAMPLES = 256  # training samples used to calibrate the peak synaptic current
+
+
+def train(*, dataset: str, hidden: tuple[int, ...], encoding: str, steps: int, epochs: int,
+          seed: int, lr: float, batch_size: int,
+          on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
+    """Train the reference Norse LIF network on a data set."""
+    if encoding not in ENCODERS:
+        raise UserError(f"unknown encoding {encoding!r}: choose from {', '.join(ENCODERS)}")
+    if not hidden or any(h < 1 for h in hidden):
+        raise UserError(f"--hidden needs positive layer sizes, got {hidden}")
+    for name, value in (("--steps", steps), ("--epochs", epochs), ("--batch-size", batch_size)):
+        if value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+    if not lr > 0:
+        raise UserError(f"--lr must be > 0, got {lr}")
+    split = load_dataset(dataset)
+    config = ModelConfig(input_size=split.n_inputs, hidden=hidden, output_size=split.n_classes,
+                         encoding=encoding, steps=steps, dataset=dataset)
+    return train_bptt(config, split, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
+                      on_epoch=on_epoch)
+
+
+def export(checkpoint: str | Path, out: str | Path) -> FloatNetwork:
+    """Checkpoint -> NIR file; returns the graph as read back from the written file."""
+    model = load_checkpoint(Path(checkpoint))
+    write_nir(model_to_nir(model), out)
+    return graph_to_network(read_nir(out))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployResult:
+    deployment: Deployment
+    warnings: tuple[str, ...]
+
+
+def calibration_input(network: FloatNetwork, *, dataset: str | None, calibration: str | None,
+                      seed: int) -> torch.Tensor | None:
+    """Encoded calibration input (T, N, n) from a data set's train split or a .npy file."""
+    coding = network.coding
+    encoding, steps = str(coding.get("encoding", "rate")), int(coding.get("steps", 32))
+    if dataset is not None and calibration is not None:
+        raise UserError("give --dataset or --calibration, not both")
+    if dataset is not None:
+        x = load_dataset(dataset).x_train[:CALIBRATION_SAMPLES]
+    elif calibration is not None:
+        x = torch.from_numpy(load_npy(calibration)).to(torch.float32)
+        if x.ndim != 3:  # (N, *features) values in [0, 1]; 3-d arrays are encoded (T, N, n)
+            x = x.reshape(len(x), -1)
+    else:
+        return None
+    if x.ndim == 2:  # values -> the graph's own coding
+        x = encode(x, encoding=encoding, steps=steps, seed=seed)
+    x = x.reshape(x.shape[0], x.shape[1], -1)
+    if x.shape[-1] != network.input_size:
+        raise UserError(
+            f"calibration data has {x.shape[-1]} features, the graph takes {network.input_size}"
+        )
+    return x
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+    """``np.load`` of a numeric array, never unpickling objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"file not found: {path}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputFileError(f"{path} is not a readable .npy array: {exc}") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise InputFileError(f"{path} must hold a numeric array, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise InputFileError(f"{path} holds NaN or Inf")
+    return arr
+
+
+def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
+           dataset: str | None = None, calibration: str | None = None,
+           seed: int = 0) -> DeployResult:
+    """NIR file -> Deployment for a profile, calibrated on data when it is given."""
+    prof = load_profile(profile)
+    nir_path = Path(nir_path)
+    network = graph_to_network(read_nir(nir_path), dt=dt)
+    source = nir_path.read_bytes()
+    x = calibration_input(network, dataset=dataset, calibration=calibration, seed=seed)
+    if x is not None:
+        u_peaks = list(run_float(network, x).u_peaks)
+        how = f"{dataset or calibration}: {x.shape[1]} samples x {x.shape[0]} steps, seed {seed}"
+    else:
+        u_peaks, how = None, "weights only (worst-case current bound)"
+    encoding = str(network.coding.get("encoding", "rate"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dep = quantize_network(
+            network, prof, graded_input=encoding not in BINARY_ENCODINGS, u_peaks=u_peaks,
+            source_sha256=hashlib.sha256(source).hexdigest(), source_nir=source, calibration=how,
+        )
+    return DeployResult(deployment=dep, warnings=tuple(str(w.message) for w in caught))

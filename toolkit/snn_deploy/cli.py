@@ -1,0 +1,237 @@
+"""The ``snn-deploy`` command: parse, seed, call one library function, print, write one file.
+
+Exit status: 0 on success, 2 on bad input (one line on stderr), 1 on an internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from snn_deploy.coding import ENCODERS
+from snn_deploy.data import DATASETS
+from snn_deploy.errors import UserError
+
+EXIT_BAD_INPUT = 2
+
+
+def _hidden(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected sizes like 128 or 128,64, got {value!r}") from None
+
+
+def _progress(desc: str, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr,
+                disable=None)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="snn-deploy")
+def cli() -> None:
+    """Spiking networks from Norse through NIR to Loihi 2 fixed point and Lava, measured there."""
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="digits", show_default=True)
+@click.option("--encoding", type=click.Choice(sorted(ENCODERS)), default="rate", show_default=True)
+@click.option("--hidden", default="128", show_default=True, help="Hidden layer sizes, e.g. 128,64.")
+@click.option("--steps", type=int, default=32, show_default=True, help="Time steps per sample.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Checkpoint (.pt).")
+def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, out) -> None:
+    """Train a Norse LIF network with surrogate-gradient BPTT."""
+    from tqdm import tqdm
+
+    from snn_deploy import api
+    from snn_deploy.train.model import save_checkpoint
+
+    bar = tqdm(total=epochs, desc="train", unit="epoch", file=sys.stderr, disable=None)
+
+    def on_epoch(stats) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.loss:.3f}", train_acc=f"{stats.train_accuracy:.3f}")
+        if bar.disable:
+            click.echo(f"epoch {stats.epoch}/{epochs}: loss {stats.loss:.4f},"
+                       f" train accuracy {stats.train_accuracy:.4f}", err=True)
+
+    result = api.train(dataset=dataset, hidden=_hidden(hidden), encoding=encoding, steps=steps,
+                       epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, on_epoch=on_epoch)
+    bar.close()
+    last = result.history[-1]
+    save_checkpoint(result.model, Path(out), extra={
+        "seed": seed, "epochs": epochs, "test_accuracy": result.test_accuracy,
+        "train_accuracy": last.train_accuracy, "loss": last.loss,
+    })
+    click.echo(f"trained {result.model.config.input_size}-{hidden}-{result.model.config.output_size}"
+               f" LIF network ({encoding} coding, T={steps}) on {dataset}: train accuracy"
+               f" {last.train_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}")
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="NIR file (.nir).")
+def export(checkpoint, out) -> None:
+    """Export a checkpoint to a NIR graph (dt and coding in its metadata)."""
+    from snn_deploy import api
+
+    network = api.export(checkpoint, out)
+    sizes = "-".join(str(s) for s in [network.input_size, *(l.size for l in network.layers)])
+    click.echo(f"wrote {out}: {len(network.layers)} layers ({sizes}), dt = {network.dt:g} s")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--profile", default="loihi2", show_default=True,
+              help="Profile name (see `snn-deploy profiles`) or a path to a .toml file.")
+@click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
+              help="Calibrate the current range on this data set's training split.")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="Calibrate on a .npy array: (N, features) in [0, 1] or encoded (T, N, n).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Deployment file (.deploy.h5).")
+def deploy(model, profile, dt, dataset, calibration, seed, out) -> None:
+    """Quantize a NIR graph for a hardware profile and write a Deployment."""
+    from snn_deploy import api
+    from snn_deploy.evaluate.report import format_table
+    from snn_deploy.quantize.deployment import save_deployment
+
+    result = api.deploy(model, profile=profile, dt=dt, dataset=dataset, calibration=calibration,
+                        seed=seed)
+    for message in result.warnings:
+        click.echo(f"warning: {message}", err=True)
+    dep = result.deployment
+    rows = [[layer.neuron, layer.size, layer.sign_mode, layer.weight_exp, layer.du, layer.dv,
+             layer.vth, f"{100 * layer.stats.saturated_share:.2f}%",
+             f"{100 * layer.stats.u_peak_share:.1f}%"] for layer in dep.layers]
+    click.echo(format_table(["layer", "neurons", "sign", "w_exp", "du", "dv", "vth", "saturated",
+                             "u peak / range"], rows))
+    click.echo(f"profile {dep.profile.name}; calibration: {dep.calibration}")
+    save_deployment(dep, out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["float", "lava-sim"]), default="float",
+              show_default=True)
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
+              help="Data set (default: the one the model was trained on).")
+@click.option("--limit", type=int, default=None, help="Evaluate the first N test samples only.")
+@click.option("--steps", type=int, default=None, help="Time steps (default: the model's own).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the input encoder.")
+@click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the report JSON here.")
+def evaluate(model, backend, dataset, limit, steps, seed, dt, json_out) -> None:
+    """Accuracy and activity of a checkpoint, NIR graph or Deployment on a backend."""
+    from snn_deploy.data import load_dataset
+    from snn_deploy.evaluate.accuracy import evaluate_target
+    from snn_deploy.evaluate.report import evaluation_report, write_json
+    from snn_deploy.targets import load_target
+
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
+    target = load_target(model, dt=dt)
+    name = dataset or str(target.coding.get("dataset", "digits"))
+    split = load_dataset(name)
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _progress(backend, total)
+        bar.n = done
+        bar.refresh()
+
+    ev = evaluate_target(target, split, backend=backend, limit=limit, steps=steps, seed=seed,
+                         on_progress=on_progress)
+    if bar is not None:
+        bar.close()
+    report = evaluation_report(ev, target=target, dataset=name)
+    _print_reports([report])
+    if json_out:
+        write_json(report, json_out)
+        click.echo(f"wrote {json_out}")
+
+
+def _print_reports(reports: list[dict]) -> None:
+    from snn_deploy.evaluate.report import format_table
+
+    rows = [[r["backend"], r["model_kind"], r["dataset"], r["n"], r["steps"], r["accuracy"],
+             r["spikes_per_sample"], r["synops_per_sample"], r["wall_time_s"]] for r in reports]
+    click.echo(format_table(["backend", "model", "dataset", "n", "T", "accuracy", "spikes/sample",
+                             "synops/sample", "time (s)"], rows))
+
+
+@cli.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def compare(reports) -> None:
+    """Print evaluate reports (JSON) side by side."""
+    loaded = []
+    for path in reports:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"report not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{path} is not a JSON report") from None
+        missing = {"backend", "model_kind", "dataset", "n", "steps", "accuracy",
+                   "spikes_per_sample", "synops_per_sample", "wall_time_s"} - set(data)
+        if missing:
+            raise UserError(f"{path} is not an evaluate report (missing {sorted(missing)})")
+        loaded.append(data)
+    _print_reports(loaded)
+    base = loaded[0]["accuracy"]
+    for r in loaded[1:]:
+        click.echo(f"{r['backend']} vs {loaded[0]['backend']}: accuracy"
+                   f" {100 * (r['accuracy'] - base):+.2f} points")
+
+
+@cli.command()
+def profiles() -> None:
+    """List the hardware profiles shipped with snn-deploy."""
+    from snn_deploy.profiles import available_profiles, load_profile
+
+    for name, path in available_profiles().items():
+        click.echo(f"{name:10s} {load_profile(name).description}  ({path})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps bad input to one line on stderr and exit status 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        cli.main(args=argv, prog_name="snn-deploy", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"snn-deploy: error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return EXIT_BAD_INPUT
+    except click.ClickException as exc:
+        click.echo(f"snn-deploy: error: {exc.format_message()}", err=True)
+        return EXIT_BAD_INPUT
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("snn-deploy: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Evaluate a model file on a backend over a data split: accuracy and exact activity counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from snn_deploy.coding import encode
+from snn_deploy.data import Split
+from snn_deploy.errors import UserError
+from snn_deploy.evaluate.counts import ActivityCounts, activity
+from snn_deploy.run.float_backend import run_float
+from snn_deploy.run.recording import Recording
+from snn_deploy.targets import Target
+
+BACKENDS = ("float", "lava-sim")
+FLOAT_BATCH = 512
+
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    backend: str
+    n: int
+    steps: int
+    encoding: str
+    seed: int
+    accuracy: float
+    predictions: np.ndarray  # (n,) int64
+    activity: ActivityCounts
+    layer_names: tuple[str, ...]
+    layer_sizes: tuple[int, ...]
+    wall_time_s: float
+
+
+def run_checkpoint(target: Target, x: torch.Tensor) -> Recording:
+    """Run the Norse model itself (the training-time model), layer by layer to count spikes.
+
+    Layer names are the Norse module indices of the LIF cells, which are the node ids that
+    ``norse.to_nir`` gives them, so reports of a checkpoint and of its NIR graph line up.
+    """
+    modules = list(target.checkpoint.net)
+    counts, names, h = [], [], x
+    with torch.no_grad():
+        for i in range(0, len(modules), 2):
+            linear, cell = modules[i], modules[i + 1]
+            state, spikes = None, []
+            for h_t in h:
+                z, state = cell(linear(h_t), state)
+                spikes.append(z)
+            h = torch.stack(spikes)
+            counts.append(h.sum(0).to(torch.int64).numpy())
+            names.append(str(i + 1))
+    return Recording(output=h.to(torch.uint8).numpy(), layer_names=tuple(names),
+                     counts=tuple(counts))
+
+
+def _weights(target: Target, backend: str) -> list[np.ndarray]:
+    if backend == "lava-sim":
+        return [layer.weights for layer in target.deployment.layers]
+    if target.checkpoint is not None:
+        return [m.weight.detach().numpy() for m in list(target.checkpoint.net)[::2]]
+    return [layer.weight for layer in target.network.layers]
+
+
+def _run(target: Target, backend: str, x: torch.Tensor, on_progress: Progress | None) -> Recording:
+    if backend == "lava-sim":
+        from snn_deploy.run.lava_sim import run_lava_sim
+
+        return run_lava_sim(target.deployment, x.numpy(), on_progress=on_progress)
+    parts = []
+    for start in range(0, x.shape[1], FLOAT_BATCH):
+        xb = x[:, start:start + FLOAT_BATCH]
+        if target.checkpoint is not None:
+            parts.append(run_checkpoint(target, xb))
+        else:
+            parts.append(run_float(target.network, xb).recording)
+        if on_progress is not None:
+            on_progress(min(start + FLOAT_BATCH, x.shape[1]), x.shape[1])
+    return Recording(
+        output=np.concatenate([p.output for p in parts], axis=1),
+        layer_names=parts[0].layer_names,
+        counts=tuple(np.concatenate(c) for c in zip(*(p.counts for p in parts))),
+    )
+
+
+def check_backend(target: Target, backend: str) -> None:
+    """Refuse a backend that cannot run this kind of file, saying what to do instead."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if backend == "lava-sim" and target.deployment is None:
+        raise UserError(
+            f"the lava-sim backend runs a Deployment, and {target.path} is a {target.kind}:"
+            " make one with `snn-deploy deploy MODEL.nir --profile loihi2 --out M.deploy.h5`"
+        )
+
+
+def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "test",
+                    limit: int | None = None, steps: int | None = None, seed: int = 0,
+                    on_progress: Progress | None = None) -> Evaluation:
+    """Encode the split with the model's coding, run it on the backend, score it.
+
+    The encoder is seeded with ``seed``, so every backend sees identical input spikes.
+    """
+    check_backend(target, backend)
+    coding = target.coding
+    encoding = str(coding.get("encoding", "rate"))
+    steps = int(steps if steps is not None else coding.get("steps", 32))
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    x, y = split.part(part)
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be >= 1, got {limit}")
+        x, y = x[:limit], y[:limit]
+    xs = encode(x, encoding=encoding, steps=steps, seed=seed)
+    started = time.perf_counter()
+    recording = _run(target, backend, xs, on_progress)
+    wall = time.perf_counter() - started
+    predictions = recording.output.astype(np.int64).sum(axis=0).argmax(axis=1)
+    events = (xs != 0).sum(dim=0).to(torch.int64).numpy()
+    weights = _weights(target, backend)
+    return Evaluation(
+        backend=backend, n=int(len(y)), steps=steps, encoding=encoding, seed=seed,
+        accuracy=float((predictions == y.numpy()).mean()),
+        predictions=predictions, activity=activity(recording, events, weights),
+        layer_names=recording.layer_names,
+        layer_sizes=tuple(int(c.shape[1]) for c in recording.counts),
+        wall_time_s=wall,
+    )

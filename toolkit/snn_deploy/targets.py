@@ -1,0 +1,76 @@
+"""What the user points a command at: a checkpoint, a NIR graph or a Deployment, told apart safely."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import h5py
+
+from snn_deploy.convert.nirgraph import FloatNetwork, graph_to_network, read_nir, read_nir_bytes
+from snn_deploy.errors import InputFileError
+from snn_deploy.quantize.deployment import FORMAT_TAG, Deployment, load_deployment
+from snn_deploy.train.model import LIFNetwork, load_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A loaded model file. Exactly one of ``checkpoint``, ``network`` and ``deployment`` is the
+    file itself; a Deployment also carries its source graph as ``network``."""
+
+    path: Path
+    kind: str  # "checkpoint" | "nir" | "deployment"
+    sha256: str
+    checkpoint: LIFNetwork | None = None
+    network: FloatNetwork | None = None
+    deployment: Deployment | None = None
+
+    @property
+    def coding(self) -> dict:
+        if self.checkpoint is not None:
+            cfg = self.checkpoint.config
+            return {"encoding": cfg.encoding, "steps": cfg.steps, "dataset": cfg.dataset}
+        if self.deployment is not None:
+            return dict(self.deployment.coding)
+        return dict(self.network.coding) if self.network is not None else {}
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _kind(path: Path) -> str:
+    if path.suffix == ".pt":
+        return "checkpoint"
+    if path.suffix == ".nir":
+        return "nir"
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") in (FORMAT_TAG, FORMAT_TAG.encode()):
+                return "deployment"
+            if "node" in f:
+                return "nir"
+    except OSError:
+        pass
+    raise InputFileError(
+        f"{path}: not a checkpoint (.pt), NIR graph (.nir) or deployment (.deploy.h5)"
+    )
+
+
+def load_target(path: str | Path, *, dt: float | None = None) -> Target:
+    """Load a model file of any of the three kinds, with one clear error if it is none of them."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"file not found: {path}")
+    kind = _kind(path)
+    digest = sha256_file(path)
+    if kind == "checkpoint":
+        return Target(path=path, kind=kind, sha256=digest, checkpoint=load_checkpoint(path))
+    if kind == "nir":
+        network = graph_to_network(read_nir(path), dt=dt)
+        return Target(path=path, kind=kind, sha256=digest, network=network)
+    deployment = load_deployment(path)
+    graph = read_nir_bytes(deployment.source_nir, origin=f"{path}:source_nir")
+    network = graph_to_network(graph, dt=deployment.dt)
+    return Target(path=path, kind=kind, sha256=digest, deployment=deployment, network=network)
