@@ -1,0 +1,53 @@
+"""Data split and encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from snn_deploy.coding import direct_encode, encode, predict, rate_encode, spike_count
+from snn_deploy.errors import UserError
+
+
+def test_digits_split_is_fixed_stratified_and_scaled(digits):
+    assert digits.x_train.shape == (1437, 64) and digits.x_test.shape == (360, 64)
+    assert float(digits.x_train.min()) == 0.0 and float(digits.x_train.max()) == 1.0
+    test_share = np.bincount(digits.y_test.numpy()) / len(digits.y_test)
+    train_share = np.bincount(digits.y_train.numpy()) / len(digits.y_train)
+    assert np.abs(test_share - train_share).max() < 0.01
+    from snn_deploy.data import load_dataset
+
+    again = load_dataset("digits")
+    assert torch.equal(again.x_test, digits.x_test) and torch.equal(again.y_test, digits.y_test)
+
+
+def test_rate_coding_is_seeded_and_has_the_right_rate():
+    x = torch.tensor([[0.0, 0.25, 1.0]])
+    a = rate_encode(x, steps=4000, seed=3)
+    assert torch.equal(a, rate_encode(x, steps=4000, seed=3))
+    assert not torch.equal(a, rate_encode(x, steps=4000, seed=4))
+    rates = a.mean(dim=0)[0]
+    assert rates[0] == 0 and rates[2] == 1 and abs(float(rates[1]) - 0.25) < 0.03
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_direct_coding_repeats_the_value():
+    x = torch.rand(5, 7)
+    d = direct_encode(x, steps=3, seed=0)
+    assert d.shape == (3, 5, 7) and torch.equal(d[2], x)
+
+
+def test_spike_count_decoder():
+    spikes = torch.zeros(4, 2, 3)
+    spikes[:, 0, 2] = 1
+    spikes[0, 1, 0] = 1
+    assert spike_count(spikes).tolist() == [[0, 0, 4], [1, 0, 0]]
+    assert predict(spikes).tolist() == [2, 0]
+
+
+def test_unknown_encoding_and_bad_steps():
+    with pytest.raises(UserError, match="unknown encoding 'morse'"):
+        encode(torch.zeros(1, 2), encoding="morse", steps=3, seed=0)
+    with pytest.raises(UserError, match="--steps must be >= 1"):
+        encode(torch.zeros(1, 2), encoding="rate", steps=0, seed=0)

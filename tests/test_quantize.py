@@ -1,0 +1,132 @@
+"""Quantization maths: analytic values, the Lava weight grid, half-LSB round trips, file round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from lava.utils.weightutils import SignMode, clip_weights, truncate_weights
+
+from snn_deploy.convert.nirgraph import FloatLayer, NeuronSpec
+from snn_deploy.errors import InputFileError, QuantizationError
+from snn_deploy.profiles import load_profile
+from snn_deploy.quantize.deployment import load_deployment, save_deployment
+from snn_deploy.quantize.fixed_point import quantize_layer, sign_mode_of, weight_grid
+
+PROFILE = load_profile("loihi2")
+DT = 1e-3
+
+
+def _layer(weight: np.ndarray, *, tau_syn=5e-3, tau_mem=1e-2, theta=1.0, bias=None,
+           leak=True) -> FloatLayer:
+    n = weight.shape[0]
+    full = lambda v: np.full(n, float(v))  # noqa: E731
+    spec = NeuronSpec(
+        kind="CubaLIF", syn_keep=full(1 - DT / tau_syn) if tau_syn else full(0),
+        mem_gain=full(DT / tau_mem) if leak else full(1), leak=leak, r=full(1), w_in=full(1),
+        v_leak=full(0), v_threshold=full(theta), v_reset=full(0),
+    )
+    return FloatLayer(synapse="syn", neuron="lif", weight=weight,
+                      bias=np.zeros(n) if bias is None else bias, spec=spec)
+
+
+def _quantize(layer, u_peak=2.0):
+    return quantize_layer(layer, PROFILE, u_peak=u_peak, input_scale=1, num_message_bits=0)
+
+
+def test_decays_match_lava_semantics():
+    q = _quantize(_layer(np.random.default_rng(0).normal(size=(5, 7))))
+    # u keeps (4096 - (du + 1)) / 4096 = 1 - dt/tau_syn = 0.8; v keeps (4096 - dv) / 4096 = 0.9
+    assert q.du == round(4096 * 0.2) - 1 == 818
+    assert q.dv == round(4096 * 0.1) == 410
+    q_if = _quantize(_layer(np.ones((2, 3)), tau_syn=None, leak=False))
+    assert (q_if.du, q_if.dv) == (4095, 0)  # no current memory, no leak
+
+
+@pytest.mark.parametrize("mode,sign", [("mixed", 0), ("excitatory", 1), ("inhibitory", -1)])
+def test_weights_lie_on_the_grid_lava_dense_uses(mode, sign):
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(20, 30))
+    if sign:
+        w = sign * np.abs(w)
+    q = _quantize(_layer(w))
+    assert q.sign_mode == mode == sign_mode_of(w)
+    lava_mode = getattr(SignMode, mode.upper())
+    lava = truncate_weights(clip_weights(q.weights.copy(), lava_mode, num_bits=8), lava_mode,
+                            q.num_weight_bits)
+    np.testing.assert_array_equal(lava, q.weights)
+    grid = weight_grid(PROFILE, mode)
+    assert np.all(q.weights % grid.step == 0)
+    assert q.weights.max() <= grid.high and q.weights.min() >= grid.low
+    # the scale uses the whole mantissa range on the larger side
+    assert max(q.weights.max() / max(grid.high, 1), q.weights.min() / min(grid.low, -1)) > 0.9
+
+
+def test_dequantized_values_are_within_half_an_lsb():
+    w = np.random.default_rng(2).normal(size=(16, 10))
+    layer = _layer(w, theta=1.3)
+    q = _quantize(layer)
+    unit = 2.0 ** (q.weight_exp + PROFILE.activation_shift) / q.scale
+    w_eff = layer.spec.mem_gain[:, None] * w
+    step = weight_grid(PROFILE, q.sign_mode).step
+    assert np.abs(q.weights * unit - w_eff).max() <= step * unit / 2 + 1e-12
+    theta_back = q.vth * 2.0 ** PROFILE.threshold_shift / q.scale
+    assert abs(theta_back - 1.3) <= 2.0 ** PROFILE.threshold_shift / q.scale / 2
+    assert q.stats.weights_saturated == 0 and not q.stats.threshold_saturated
+    assert q.stats.saturated_share == 0.0
+
+
+def test_scale_respects_threshold_and_state_ranges():
+    w = np.random.default_rng(3).normal(size=(8, 8))
+    q = _quantize(_layer(w), u_peak=50.0)
+    assert q.stats.u_peak_share <= 0.5  # headroom for u, which wraps on overflow
+    assert 0 < q.vth <= PROFILE.vth_max
+    assert PROFILE.weight_exp_min <= q.weight_exp <= PROFILE.weight_exp_max
+
+
+def test_bias_goes_to_mantissa_and_exponent():
+    w = np.random.default_rng(4).normal(size=(3, 4))
+    bias = np.array([0.0, 0.5, -2.0])
+    layer = _layer(w, tau_syn=None, bias=bias)
+    q = _quantize(layer)
+    back = q.bias_mant * 2.0 ** q.bias_exp / q.scale
+    np.testing.assert_allclose(back, layer.spec.mem_gain * bias, rtol=2e-3, atol=1e-9)
+    assert np.all(np.abs(q.bias_mant) < 2 ** 12) and np.all((0 <= q.bias_exp) & (q.bias_exp <= 7))
+
+
+def test_what_a_loihi_lif_cannot_do_is_refused_with_values():
+    layer = _layer(np.ones((2, 2)))
+    uneven = dataclasses.replace(layer, spec=dataclasses.replace(
+        layer.spec, syn_keep=np.array([0.8, 0.5])))
+    with pytest.raises(QuantizationError, match="synaptic time constant differs.*0.5..0.8"):
+        _quantize(uneven)
+    reset = dataclasses.replace(layer, spec=dataclasses.replace(
+        layer.spec, v_reset=np.array([0.2, 0.2])))
+    with pytest.raises(QuantizationError, match="v_reset = 0.2"):
+        _quantize(reset)
+
+
+def test_deployment_file_round_trip(small_model_files, tmp_path):
+    dep = load_deployment(small_model_files["deployment"])
+    copy = tmp_path / "copy.deploy.h5"
+    save_deployment(dep, copy)
+    again = load_deployment(copy)
+    assert again.profile == dep.profile and again.coding == dep.coding
+    assert again.source_sha256 == dep.source_sha256 and again.source_nir == dep.source_nir
+    for a, b in zip(dep.layers, again.layers):
+        for field in dataclasses.fields(a):
+            va, vb = getattr(a, field.name), getattr(b, field.name)
+            if isinstance(va, np.ndarray):
+                np.testing.assert_array_equal(va, vb)
+            else:
+                assert va == vb, field.name
+    import hashlib
+
+    assert dep.source_sha256 == hashlib.sha256(small_model_files["nir"].read_bytes()).hexdigest()
+    assert dep.profile.name == "loihi2"
+
+
+def test_a_nir_file_is_not_a_deployment(small_model_files):
+    with pytest.raises(InputFileError, match="not an snn-deploy deployment"):
+        load_deployment(small_model_files["nir"])
