@@ -105,3 +105,33 @@ def test_runtime_is_stopped_when_a_run_fails():
     assert multiprocessing.active_children() == []
     # and Lava still works afterwards
     assert run_lava_sim(dep, x[:, :1]).output.shape == (4, 1, 3)
+
+
+def test_spike_recorder_equals_lavas_ringbuffer_sink(tmp_path):
+    """Our recorder (a workaround for Lava's element-by-element Var.get) records what Lava's sink does."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.lif.process import LIF
+
+    from snn_deploy.run.lava_probes.recorder import SpikeRecorder, create_record_file
+
+    steps = 25
+    rng = np.random.default_rng(7)
+    source = Source(data=rng.integers(0, 3, size=(5, steps)).astype(np.int32))
+    lif = LIF(shape=(5,), du=100, dv=200, vth=1)
+    source.s_out.connect(lif.a_in)
+    sink = Sink(shape=(5,), buffer=steps)
+    path = tmp_path / "rec.npy"
+    create_record_file(path, steps=steps, width=5)
+    lif.s_out.connect(sink.a_in)
+    lif.s_out.connect(SpikeRecorder(shape=(5,), path=str(path)).a_in)
+    try:
+        source.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        expected = np.asarray(sink.data.get()).T
+    finally:
+        source.stop()
+    recorded = np.load(path)
+    assert expected.sum() > 0
+    np.testing.assert_array_equal(recorded, expected != 0)

@@ -1,7 +1,8 @@
 """The ``lava-sim`` backend: a Deployment as Lava processes on Lava's CPU simulator.
 
 Process graph: ``RingBuffer`` source -> (``Dense`` -> ``LIFReset``) per layer, each ``LIFReset``
-read by a ``RingBuffer`` sink; run with ``Loihi2SimCfg(select_tag="fixed_pt")``.
+read by a ``SpikeRecorder`` (run/lava_probes/recorder.py); run with
+``Loihi2SimCfg(select_tag="fixed_pt")``.
 
 All samples go through one Lava run. Each Dense delays by one step, so layer l (1-based) sees
 sample s during global steps [s*T + l, s*T + l + T). ``LIFReset`` zeroes u and v of layer l at the
@@ -14,6 +15,8 @@ steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on erro
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -38,17 +41,19 @@ def _stopping(process) -> Iterator[None]:
             process.stop()
 
 
-def build_processes(dep: Deployment, *, steps: int, total_steps: int, data: np.ndarray):
-    """Create and connect the Lava processes; returns (source, sinks)."""
+def build_processes(dep: Deployment, *, steps: int, total_steps: int, data: np.ndarray,
+                    record_dir: Path) -> tuple[object, list[Path]]:
+    """Create and connect the Lava processes; returns the source and each layer's record file."""
     from lava.proc.dense.process import Dense
-    from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
     from lava.utils.weightutils import SignMode
 
+    from snn_deploy.run.lava_probes.recorder import SpikeRecorder, create_record_file
+
     source = Source(data=data)
     port = source.s_out
-    sinks = []
+    records = []
     for depth, layer in enumerate(dep.layers, start=1):
         dense = Dense(
             weights=layer.weights, weight_exp=layer.weight_exp,
@@ -63,11 +68,12 @@ def build_processes(dep: Deployment, *, steps: int, total_steps: int, data: np.n
         )
         port.connect(dense.s_in)
         dense.a_out.connect(lif.a_in)
-        sink = Sink(shape=(layer.size,), buffer=total_steps)
-        lif.s_out.connect(sink.a_in)
-        sinks.append(sink)
+        record = record_dir / f"layer{depth}.npy"
+        create_record_file(record, steps=total_steps, width=layer.size)
+        lif.s_out.connect(SpikeRecorder(shape=(layer.size,), path=str(record)).a_in)
+        records.append(record)
         port = lif.s_out
-    return source, sinks
+    return source, records
 
 
 def input_to_lava(dep: Deployment, x: np.ndarray) -> np.ndarray:
@@ -93,19 +99,21 @@ def run_lava_sim(dep: Deployment, x: np.ndarray, *,
         raise UserError(f"nothing to run: {steps} steps x {batch} samples")
     data = input_to_lava(dep, x)
     total = data.shape[1]
-    source, sinks = build_processes(dep, steps=steps, total_steps=total, data=data)
     cfg = Loihi2SimCfg(select_tag="fixed_pt")
     bounds = np.linspace(0, total, min(RUN_CHUNKS, total) + 1).astype(int)
-    with _stopping(source):
-        for done, todo in zip(bounds[:-1], np.diff(bounds)):
-            source.run(condition=RunSteps(num_steps=int(todo)), run_cfg=cfg)
-            if on_progress is not None:
-                on_progress(int(done + todo), total)
-        recorded = [np.asarray(sink.data.get()) for sink in sinks]
+    with tempfile.TemporaryDirectory(prefix="snn-deploy-lava-") as tmp:
+        source, records = build_processes(dep, steps=steps, total_steps=total, data=data,
+                                          record_dir=Path(tmp))
+        with _stopping(source):
+            for done, todo in zip(bounds[:-1], np.diff(bounds)):
+                source.run(condition=RunSteps(num_steps=int(todo)), run_cfg=cfg)
+                if on_progress is not None:
+                    on_progress(int(done + todo), total)
+        recorded = [np.load(path) for path in records]  # (total, n) uint8 each
     counts, output = [], None
     for depth, spikes in enumerate(recorded, start=1):
-        window = spikes[:, depth:depth + batch * steps]  # (n, B*T), aligned with the input
-        per_step = window.T.reshape(batch, steps, -1)  # (B, T, n)
+        window = spikes[depth:depth + batch * steps]  # (B*T, n), aligned with the input
+        per_step = window.reshape(batch, steps, -1)  # (B, T, n)
         counts.append(per_step.sum(axis=1).astype(np.int64))
         output = per_step
     return Recording(
