@@ -15,7 +15,9 @@ steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on erro
 from __future__ import annotations
 
 import contextlib
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,6 +41,24 @@ def _stopping(process) -> Iterator[None]:
     finally:
         with contextlib.suppress(Exception):
             process.stop()
+
+
+@contextlib.contextmanager
+def _sigint_ignored_in_children() -> Iterator[None]:
+    """Start Lava's worker processes with SIGINT ignored, so Ctrl-C reaches only this process.
+
+    A terminal's Ctrl-C signals the whole process group. Lava's workers die of it, and the
+    runtime's stop() then waits forever for their answer; with the workers ignoring SIGINT, the
+    KeyboardInterrupt in this process stops the runtime cleanly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def build_processes(dep: Deployment, *, steps: int, total_steps: int, data: np.ndarray,
@@ -105,8 +125,10 @@ def run_lava_sim(dep: Deployment, x: np.ndarray, *,
         source, records = build_processes(dep, steps=steps, total_steps=total, data=data,
                                           record_dir=Path(tmp))
         with _stopping(source):
+            with _sigint_ignored_in_children():
+                source.create_runtime(run_cfg=cfg)
             for done, todo in zip(bounds[:-1], np.diff(bounds)):
-                source.run(condition=RunSteps(num_steps=int(todo)), run_cfg=cfg)
+                source.run(condition=RunSteps(num_steps=int(todo)))
                 if on_progress is not None:
                     on_progress(int(done + todo), total)
         recorded = [np.load(path) for path in records]  # (total, n) uint8 each

@@ -1,0 +1,55 @@
+"""Ctrl-C during a lava-sim run stops Lava's runtime: exit 130, no workers left, no report file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _living(session: int) -> list[str]:
+    out = subprocess.run(["ps", "-s", str(session), "-o", "stat=,args="],
+                         capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip() and not line.strip().startswith("Z")]
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-main"])
+def test_interrupt_stops_the_lava_runtime(small_model_files, tmp_path, whole_group):
+    report = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "snn_deploy.cli", "evaluate", str(small_model_files["deployment"]),
+           "--backend", "lava-sim", "--steps", "300", "--json", str(report)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until Lava's workers are running
+            kids = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="],
+                                  capture_output=True, text=True).stdout.split()
+            if len(kids) >= 4:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("Lava workers never started")
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    time.sleep(0.5)
+    assert _living(proc.pid) == [], "Lava worker processes were left behind"
+    assert not report.exists()
+    assert list(tmp_path.iterdir()) == []
