@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import pytest
-
 from snn_deploy import api
 from snn_deploy.data import load_dataset
 from snn_deploy.quantize.deployment import save_deployment

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import nir
-import numpy as np
 import norse.torch as norse
+import numpy as np
 import pytest
 import torch
-
 from snn_deploy.coding import encode
 from snn_deploy.convert.export import model_to_nir, write_nir
 from snn_deploy.convert.nirgraph import graph_to_network, read_nir

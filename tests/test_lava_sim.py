@@ -12,8 +12,6 @@ import multiprocessing
 import numpy as np
 import pytest
 import torch
-
-from snn_deploy.coding import encode
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.fixed_point import quantize_network
@@ -114,7 +112,6 @@ def test_spike_recorder_equals_lavas_ringbuffer_sink(tmp_path):
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIF
-
     from snn_deploy.run.lava_probes.recorder import SpikeRecorder, create_record_file
 
     steps = 25

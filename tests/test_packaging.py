@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tomli
-
 import snn_deploy
+import tomli
 from snn_deploy.profiles import available_profiles
 
 ROOT = Path(__file__).resolve().parents[1]

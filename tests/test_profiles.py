@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from lava.proc.lif.models import PyLifModelBitAcc
-
 from snn_deploy.errors import ProfileError
 from snn_deploy.profiles import available_profiles, load_profile, parse_profile
 
@@ -40,7 +39,8 @@ def test_unknown_profile_names_the_known_ones():
 def test_missing_keys_are_all_named():
     text = load_profile("loihi2").toml_text
     text = text.replace("num_weight_bits = 8", "").replace("decay_bits = 12", "")
-    with pytest.raises(ProfileError, match=r"missing \[weights\] num_weight_bits; missing \[neuron\] decay_bits"):
+    expected = r"missing \[weights\] num_weight_bits; missing \[neuron\] decay_bits"
+    with pytest.raises(ProfileError, match=expected):
         parse_profile(text)
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 from lava.utils.weightutils import SignMode, clip_weights, truncate_weights
-
 from snn_deploy.convert.nirgraph import FloatLayer, NeuronSpec
 from snn_deploy.errors import InputFileError, QuantizationError
 from snn_deploy.profiles import load_profile

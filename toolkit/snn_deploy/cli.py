@@ -88,7 +88,7 @@ def export(checkpoint, out) -> None:
     from snn_deploy import api
 
     network = api.export(checkpoint, out)
-    sizes = "-".join(str(s) for s in [network.input_size, *(l.size for l in network.layers)])
+    sizes = "-".join(str(s) for s in [network.input_size, *(layer.size for layer in network.layers)])
     click.echo(f"wrote {out}: {len(network.layers)} layers ({sizes}), dt = {network.dt:g} s")
 
 

@@ -140,7 +140,7 @@ def parse_profile(text: str, *, origin: str = "<profile>") -> Profile:
     if problems:
         raise ProfileError(f"profile {origin} is impossible: " + "; ".join(problems))
     return Profile(
-        name=name,
+        name=str(name),
         description=str(data.get("description", "")),
         toml_text=text,
         sha256=hashlib.sha256(text.encode()).hexdigest(),

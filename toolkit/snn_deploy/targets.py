@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 
 from snn_deploy.convert.nirgraph import FloatNetwork, graph_to_network, read_nir, read_nir_bytes
-from snn_deploy.errors import InputFileError
+from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.quantize.deployment import FORMAT_TAG, Deployment, load_deployment
 from snn_deploy.train.model import LIFNetwork, load_checkpoint
 
@@ -25,6 +25,19 @@ class Target:
     checkpoint: LIFNetwork | None = None
     network: FloatNetwork | None = None
     deployment: Deployment | None = None
+
+    def require_deployment(self) -> Deployment:
+        if self.deployment is None:
+            raise UserError(
+                f"{self.path} is a {self.kind}, not a Deployment: make one with"
+                " `snn-deploy deploy MODEL.nir --profile loihi2 --out M.deploy.h5`"
+            )
+        return self.deployment
+
+    def require_network(self) -> FloatNetwork:
+        if self.network is None:
+            raise UserError(f"{self.path} is a {self.kind} without a NIR graph")
+        return self.network
 
     @property
     def coding(self) -> dict:

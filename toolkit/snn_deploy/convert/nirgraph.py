@@ -145,13 +145,13 @@ def neuron_spec(node: nir.NIRNode, n: int, dt: float, name: str) -> NeuronSpec:
 
 
 def _graph_dt(graph: nir.NIRGraph, dt: float | None) -> float:
-    if dt is not None:
-        value = dt
-    else:
-        value = (graph.metadata or {}).get("dt")
-        if value is None:
-            raise UserError("the NIR graph has no dt in its metadata: pass --dt (seconds)")
-    value = float(np.asarray(value))
+    raw = dt if dt is not None else (graph.metadata or {}).get("dt")
+    if raw is None:
+        raise UserError("the NIR graph has no dt in its metadata: pass --dt (seconds)")
+    try:
+        value = float(np.asarray(raw))
+    except (TypeError, ValueError):
+        raise UserError(f"dt in the graph metadata is not a number: {raw!r}") from None
     if not np.isfinite(value) or value <= 0:
         raise UserError(f"dt must be a positive number of seconds, got {value}")
     return value

@@ -44,6 +44,8 @@ def run_checkpoint(target: Target, x: torch.Tensor) -> Recording:
     Layer names are the Norse module indices of the LIF cells, which are the node ids that
     ``norse.to_nir`` gives them, so reports of a checkpoint and of its NIR graph line up.
     """
+    if target.checkpoint is None:
+        raise UserError(f"{target.path} is not a checkpoint")
     modules = list(target.checkpoint.net)
     counts, names, h = [], [], x
     with torch.no_grad():
@@ -62,24 +64,24 @@ def run_checkpoint(target: Target, x: torch.Tensor) -> Recording:
 
 def _weights(target: Target, backend: str) -> list[np.ndarray]:
     if backend == "lava-sim":
-        return [layer.weights for layer in target.deployment.layers]
+        return [layer.weights for layer in target.require_deployment().layers]
     if target.checkpoint is not None:
         return [m.weight.detach().numpy() for m in list(target.checkpoint.net)[::2]]
-    return [layer.weight for layer in target.network.layers]
+    return [layer.weight for layer in target.require_network().layers]
 
 
 def _run(target: Target, backend: str, x: torch.Tensor, on_progress: Progress | None) -> Recording:
     if backend == "lava-sim":
         from snn_deploy.run.lava_sim import run_lava_sim
 
-        return run_lava_sim(target.deployment, x.numpy(), on_progress=on_progress)
+        return run_lava_sim(target.require_deployment(), x.numpy(), on_progress=on_progress)
     parts = []
     for start in range(0, x.shape[1], FLOAT_BATCH):
         xb = x[:, start:start + FLOAT_BATCH]
         if target.checkpoint is not None:
             parts.append(run_checkpoint(target, xb))
         else:
-            parts.append(run_float(target.network, xb).recording)
+            parts.append(run_float(target.require_network(), xb).recording)
         if on_progress is not None:
             on_progress(min(start + FLOAT_BATCH, x.shape[1]), x.shape[1])
     return Recording(
@@ -93,11 +95,8 @@ def check_backend(target: Target, backend: str) -> None:
     """Refuse a backend that cannot run this kind of file, saying what to do instead."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
-    if backend == "lava-sim" and target.deployment is None:
-        raise UserError(
-            f"the lava-sim backend runs a Deployment, and {target.path} is a {target.kind}:"
-            " make one with `snn-deploy deploy MODEL.nir --profile loihi2 --out M.deploy.h5`"
-        )
+    if backend == "lava-sim":
+        target.require_deployment()
 
 
 def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "test",

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from snn_deploy.convert.nirgraph import FloatNetwork
+from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork
 from snn_deploy.run.recording import Recording
 
 
@@ -25,20 +25,48 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=torch.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerParams:
+    """One layer's parameters as float32 tensors (see ``convert.nirgraph.NeuronSpec``)."""
+
+    w: torch.Tensor
+    b: torch.Tensor
+    syn_keep: torch.Tensor
+    gain: torch.Tensor
+    leak: bool
+    r: torch.Tensor
+    w_in: torch.Tensor
+    v_leak: torch.Tensor
+    v_threshold: torch.Tensor
+    v_reset: torch.Tensor
+
+    @classmethod
+    def of(cls, layer: FloatLayer) -> LayerParams:
+        s = layer.spec
+        return cls(w=_t(layer.weight), b=_t(layer.bias), syn_keep=_t(s.syn_keep),
+                   gain=_t(s.mem_gain), leak=s.leak, r=_t(s.r), w_in=_t(s.w_in),
+                   v_leak=_t(s.v_leak), v_threshold=_t(s.v_threshold), v_reset=_t(s.v_reset))
+
+
+def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One time step of one layer: (input, current, voltage) -> (spikes, current, voltage)."""
+    i = p.syn_keep * i + p.w_in * (x @ p.w.T + p.b)
+    if p.leak:
+        v = v + p.gain * ((p.v_leak - v) + p.r * i)
+    else:
+        v = v + p.r * i
+    z = (v > p.v_threshold).to(torch.float32)
+    return z, i, torch.where(z > 0, p.v_reset.expand_as(v), v)
+
+
 def run_float(net: FloatNetwork, x: torch.Tensor) -> FloatRun:
     """Run (T, B, n_in) input through the chain; returns output spikes, counts and current peaks."""
     steps, batch = x.shape[0], x.shape[1]
     x = x.reshape(steps, batch, -1).to(torch.float32)
-    params = []
-    for layer in net.layers:
-        s = layer.spec
-        params.append(dict(
-            w=_t(layer.weight), b=_t(layer.bias), syn_keep=_t(s.syn_keep), gain=_t(s.mem_gain),
-            leak=s.leak, r=_t(s.r), w_in=_t(s.w_in), v_leak=_t(s.v_leak),
-            th=_t(s.v_threshold), v_reset=_t(s.v_reset),
-        ))
-    i_state = [torch.zeros(batch, layer.size) for layer in net.layers]
-    v_state = [torch.zeros(batch, layer.size) for layer in net.layers]
+    params = [LayerParams.of(layer) for layer in net.layers]
+    current = [torch.zeros(batch, layer.size) for layer in net.layers]
+    voltage = [torch.zeros(batch, layer.size) for layer in net.layers]
     counts = [torch.zeros(batch, layer.size) for layer in net.layers]
     peaks = [0.0] * len(net.layers)
     out = []
@@ -46,19 +74,9 @@ def run_float(net: FloatNetwork, x: torch.Tensor) -> FloatRun:
         for t in range(steps):
             z = x[t]
             for k, p in enumerate(params):
-                syn_in = p["w_in"] * (z @ p["w"].T + p["b"])
-                i_new = p["syn_keep"] * i_state[k] + syn_in
-                drive = p["r"] * i_new
-                v = v_state[k]
-                if p["leak"]:
-                    v = v + p["gain"] * ((p["v_leak"] - v) + drive)
-                else:
-                    v = v + drive
-                z = (v > p["th"]).to(torch.float32)
-                v_state[k] = torch.where(z > 0, p["v_reset"].expand_as(v), v)
-                i_state[k] = i_new
+                z, current[k], voltage[k] = layer_step(p, z, current[k], voltage[k])
                 counts[k] += z
-                peaks[k] = max(peaks[k], float((p["gain"] * drive).abs().max()))
+                peaks[k] = max(peaks[k], float((p.gain * p.r * current[k]).abs().max()))
             out.append(z)
     recording = Recording(
         output=torch.stack(out).to(torch.uint8).numpy(),

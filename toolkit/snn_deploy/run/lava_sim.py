@@ -19,7 +19,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def _sigint_ignored_in_children() -> Iterator[None]:
 
 
 def build_processes(dep: Deployment, *, steps: int, total_steps: int, data: np.ndarray,
-                    record_dir: Path) -> tuple[object, list[Path]]:
+                    record_dir: Path) -> tuple[Any, list[Path]]:
     """Create and connect the Lava processes; returns the source and each layer's record file."""
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer as Source
@@ -132,14 +132,12 @@ def run_lava_sim(dep: Deployment, x: np.ndarray, *,
                 if on_progress is not None:
                     on_progress(int(done + todo), total)
         recorded = [np.load(path) for path in records]  # (total, n) uint8 each
-    counts, output = [], None
-    for depth, spikes in enumerate(recorded, start=1):
-        window = spikes[depth:depth + batch * steps]  # (B*T, n), aligned with the input
-        per_step = window.reshape(batch, steps, -1)  # (B, T, n)
-        counts.append(per_step.sum(axis=1).astype(np.int64))
-        output = per_step
+    per_step = [  # (B, T, n) per layer, aligned with the input
+        spikes[depth:depth + batch * steps].reshape(batch, steps, -1)
+        for depth, spikes in enumerate(recorded, start=1)
+    ]
     return Recording(
-        output=output.transpose(1, 0, 2).astype(np.uint8),
+        output=per_step[-1].transpose(1, 0, 2).astype(np.uint8),
         layer_names=tuple(layer.neuron for layer in dep.layers),
-        counts=tuple(counts),
+        counts=tuple(s.sum(axis=1).astype(np.int64) for s in per_step),
     )

@@ -43,10 +43,11 @@ class PySpikeRecorderModel(PyLoihiProcessModel):
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
         self._path = proc_params["path"]
-        self._rows = None
+        self._rows: np.ndarray | None = None
 
     def run_spk(self) -> None:
         data = self.a_in.recv()
-        if self._rows is None:
-            self._rows = np.load(self._path, mmap_mode="r+")
-        self._rows[self.time_step - 1] = data != 0
+        rows = self._rows
+        if rows is None:  # opened here, in the worker process, not where the model was built
+            rows = self._rows = np.load(self._path, mmap_mode="r+")
+        rows[self.time_step - 1] = data != 0
