@@ -49,5 +49,5 @@ def test_spike_count_decoder():
 def test_unknown_encoding_and_bad_steps():
     with pytest.raises(UserError, match="unknown encoding 'morse'"):
         encode(torch.zeros(1, 2), encoding="morse", steps=3, seed=0)
-    with pytest.raises(UserError, match="--steps must be >= 1"):
+    with pytest.raises(UserError, match="--steps must be in 1..100000"):
         encode(torch.zeros(1, 2), encoding="rate", steps=0, seed=0)

@@ -16,11 +16,12 @@ import click
 from snn_deploy.coding import ENCODERS
 from snn_deploy.data import DATASETS
 from snn_deploy.errors import UserError
+from snn_deploy.fileio import check_writable
 
 EXIT_BAD_INPUT = 2
 
 
-def _hidden(value: str) -> tuple[int, ...]:
+def _hidden(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -43,7 +44,8 @@ def cli() -> None:
 @cli.command()
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="digits", show_default=True)
 @click.option("--encoding", type=click.Choice(sorted(ENCODERS)), default="rate", show_default=True)
-@click.option("--hidden", default="128", show_default=True, help="Hidden layer sizes, e.g. 128,64.")
+@click.option("--hidden", default="128", show_default=True, callback=_hidden,
+              help="Hidden layer sizes, e.g. 128,64.")
 @click.option("--steps", type=int, default=32, show_default=True, help="Time steps per sample.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
@@ -57,6 +59,7 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, out) -
     from snn_deploy import api
     from snn_deploy.train.model import save_checkpoint
 
+    check_writable(out)
     bar = tqdm(total=epochs, desc="train", unit="epoch", file=sys.stderr, disable=None)
 
     def on_epoch(stats) -> None:
@@ -66,7 +69,7 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, out) -
             click.echo(f"epoch {stats.epoch}/{epochs}: loss {stats.loss:.4f},"
                        f" train accuracy {stats.train_accuracy:.4f}", err=True)
 
-    result = api.train(dataset=dataset, hidden=_hidden(hidden), encoding=encoding, steps=steps,
+    result = api.train(dataset=dataset, hidden=hidden, encoding=encoding, steps=steps,
                        epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, on_epoch=on_epoch)
     bar.close()
     last = result.history[-1]
@@ -74,7 +77,8 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, out) -
         "seed": seed, "epochs": epochs, "test_accuracy": result.test_accuracy,
         "train_accuracy": last.train_accuracy, "loss": last.loss,
     })
-    click.echo(f"trained {result.model.config.input_size}-{hidden}-{result.model.config.output_size}"
+    cfg = result.model.config
+    click.echo(f"trained {'-'.join(str(n) for n in (cfg.input_size, *hidden, cfg.output_size))}"
                f" LIF network ({encoding} coding, T={steps}) on {dataset}: train accuracy"
                f" {last.train_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}")
     click.echo(f"wrote {out}")
@@ -87,6 +91,7 @@ def export(checkpoint, out) -> None:
     """Export a checkpoint to a NIR graph (dt and coding in its metadata)."""
     from snn_deploy import api
 
+    check_writable(out)
     network = api.export(checkpoint, out)
     sizes = "-".join(str(s) for s in [network.input_size, *(layer.size for layer in network.layers)])
     click.echo(f"wrote {out}: {len(network.layers)} layers ({sizes}), dt = {network.dt:g} s")
@@ -110,6 +115,7 @@ def deploy(model, profile, dt, dataset, calibration, seed, out) -> None:
     from snn_deploy.evaluate.report import format_table
     from snn_deploy.quantize.deployment import save_deployment
 
+    check_writable(out)
     result = api.deploy(model, profile=profile, dt=dt, dataset=dataset, calibration=calibration,
                         seed=seed)
     for message in result.warnings:
@@ -146,6 +152,8 @@ def evaluate(model, backend, dataset, limit, steps, seed, dt, json_out) -> None:
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
+    if json_out:
+        check_writable(json_out)
     target = load_target(model, dt=dt)
     name = dataset or str(target.coding.get("dataset", "digits"))
     split = load_dataset(name)
@@ -178,6 +186,10 @@ def _print_reports(reports: list[dict]) -> None:
                              "synops/sample", "time (s)"], rows))
 
 
+_NUMERIC_KEYS = {"n", "steps", "accuracy", "spikes_per_sample", "synops_per_sample", "wall_time_s"}
+_REPORT_KEYS = {"backend", "model_kind", "dataset", *_NUMERIC_KEYS}
+
+
 @cli.command()
 @click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def compare(reports) -> None:
@@ -190,10 +202,14 @@ def compare(reports) -> None:
             raise UserError(f"report not found: {path}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{path} is not a JSON report") from None
-        missing = {"backend", "model_kind", "dataset", "n", "steps", "accuracy",
-                   "spikes_per_sample", "synops_per_sample", "wall_time_s"} - set(data)
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not an evaluate report (a JSON {type(data).__name__})")
+        missing = sorted(_REPORT_KEYS - set(data))
         if missing:
-            raise UserError(f"{path} is not an evaluate report (missing {sorted(missing)})")
+            raise UserError(f"{path} is not an evaluate report (missing {missing})")
+        for key in _NUMERIC_KEYS:
+            if not isinstance(data[key], (int, float)) or isinstance(data[key], bool):
+                raise UserError(f"{path}: {key} must be a number, got {data[key]!r}")
         loaded.append(data)
     _print_reports(loaded)
     base = loaded[0]["accuracy"]

@@ -40,6 +40,8 @@ def direct_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
     return x.to(torch.float32).unsqueeze(0).expand(steps, *x.shape).contiguous()
 
 
+MAX_STEPS = 100_000  # a bound on --steps, so a typo fails at once rather than in an allocation
+
 Encoder = Callable[..., torch.Tensor]
 
 ENCODERS: dict[str, Encoder] = {"rate": rate_encode, "direct": direct_encode}
@@ -52,8 +54,8 @@ def encode(x: torch.Tensor, *, encoding: str, steps: int, seed: int) -> torch.Te
     """Encode (B, n) inputs with the named encoder (a key of ``ENCODERS``)."""
     if encoding not in ENCODERS:
         raise UserError(f"unknown encoding {encoding!r}: choose from {', '.join(ENCODERS)}")
-    if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
     return ENCODERS[encoding](x, steps=steps, seed=seed)
 
 

@@ -65,7 +65,8 @@ def _kind(path: Path) -> str:
             if "node" in f:
                 return "nir"
     except OSError:
-        pass
+        if path.suffix in (".h5", ".hdf5"):
+            raise InputFileError(f"{path} is not a readable HDF5 file (damaged or truncated?)") from None
     raise InputFileError(
         f"{path}: not a checkpoint (.pt), NIR graph (.nir) or deployment (.deploy.h5)"
     )

@@ -19,6 +19,7 @@ from snn_deploy.targets import Target
 
 BACKENDS = ("float", "lava-sim")
 FLOAT_BATCH = 512
+MAX_INPUT_GB = 4.0  # encoded input is held in memory whole (float32)
 
 Progress = Callable[[int, int], None]
 
@@ -110,13 +111,23 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
     coding = target.coding
     encoding = str(coding.get("encoding", "rate"))
     steps = int(steps if steps is not None else coding.get("steps", 32))
-    if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
     x, y = split.part(part)
+    width = target.checkpoint.config.input_size if target.checkpoint is not None \
+        else target.require_network().input_size
+    if x.shape[1] != width:
+        raise UserError(
+            f"{target.path} takes {width} inputs, but {split.name} samples have {x.shape[1]}"
+        )
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit must be >= 1, got {limit}")
         x, y = x[:limit], y[:limit]
+    gigabytes = steps * x.shape[0] * x.shape[1] * 4 / 1e9
+    if gigabytes > MAX_INPUT_GB:
+        raise UserError(
+            f"{steps} steps x {x.shape[0]} samples would need {gigabytes:.1f} GB of encoded input"
+            f" (limit {MAX_INPUT_GB} GB): use --limit or fewer --steps"
+        )
     xs = encode(x, encoding=encoding, steps=steps, seed=seed)
     started = time.perf_counter()
     recording = _run(target, backend, xs, on_progress)
