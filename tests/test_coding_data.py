@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from snn_deploy.coding import direct_encode, encode, predict, rate_encode, spike_count
 from snn_deploy.errors import UserError
 

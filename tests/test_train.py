@@ -6,7 +6,6 @@ import pickle
 
 import pytest
 import torch
-
 from snn_deploy import api
 from snn_deploy.errors import InputFileError
 from snn_deploy.train.model import load_checkpoint, save_checkpoint
