@@ -31,7 +31,7 @@ test: setup
 	$(BIN)/python -m pytest -q -ra
 
 bench: setup
-	$(BIN)/python benchmarks/lava_sim.py
+	$(BIN)/python benchmarks/lava_sim.py --per-sample-probe 5
 
 clean:
 	rm -rf $(OUT) .pytest_cache build *.egg-info
