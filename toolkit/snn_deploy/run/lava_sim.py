@@ -15,6 +15,7 @@ steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on erro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import tempfile
 import threading
@@ -61,9 +62,18 @@ def _sigint_ignored_in_children() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def build_processes(dep: Deployment, *, steps: int, total_steps: int, data: np.ndarray,
-                    record_dir: Path) -> tuple[Any, list[Path]]:
-    """Create and connect the Lava processes; returns the source and each layer's record file."""
+@dataclasses.dataclass(frozen=True)
+class LavaGraph:
+    """The Lava processes of one run: the input source, each layer's LIF and record file."""
+
+    source: Any
+    lifs: tuple[Any, ...]
+    records: tuple[Path, ...]
+    total_steps: int
+
+
+def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Path) -> LavaGraph:
+    """Create and connect the Lava processes for a (n, total_steps) int32 source buffer."""
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
@@ -71,9 +81,10 @@ def build_processes(dep: Deployment, *, steps: int, total_steps: int, data: np.n
 
     from snn_deploy.run.lava_probes.recorder import SpikeRecorder, create_record_file
 
+    total_steps = data.shape[1]
     source = Source(data=data)
     port = source.s_out
-    records = []
+    lifs, records = [], []
     for depth, layer in enumerate(dep.layers, start=1):
         dense = Dense(
             weights=layer.weights, weight_exp=layer.weight_exp,
@@ -91,9 +102,35 @@ def build_processes(dep: Deployment, *, steps: int, total_steps: int, data: np.n
         record = record_dir / f"layer{depth}.npy"
         create_record_file(record, steps=total_steps, width=layer.size)
         lif.s_out.connect(SpikeRecorder(shape=(layer.size,), path=str(record)).a_in)
+        lifs.append(lif)
         records.append(record)
         port = lif.s_out
-    return source, records
+    return LavaGraph(source=source, lifs=tuple(lifs), records=tuple(records),
+                     total_steps=total_steps)
+
+
+def execute(graph: LavaGraph, *, on_progress: Callable[[int, int], None] | None = None,
+            before_stop: Callable[[], None] | None = None) -> list[np.ndarray]:
+    """Run the graph to its end with Loihi2SimCfg fixed_pt; the runtime is stopped in every case.
+
+    Returns each layer's recorded spikes, (total_steps, n) uint8. ``before_stop`` runs while the
+    runtime is still up (e.g. to read Monitors).
+    """
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    total = graph.total_steps
+    bounds = np.linspace(0, total, min(RUN_CHUNKS, total) + 1).astype(int)
+    with _stopping(graph.source):
+        with _sigint_ignored_in_children():
+            graph.source.create_runtime(run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        for done, todo in zip(bounds[:-1], np.diff(bounds)):
+            graph.source.run(condition=RunSteps(num_steps=int(todo)))
+            if on_progress is not None:
+                on_progress(int(done + todo), total)
+        if before_stop is not None:
+            before_stop()
+    return [np.load(path) for path in graph.records]
 
 
 def input_to_lava(dep: Deployment, x: np.ndarray) -> np.ndarray:
@@ -111,27 +148,13 @@ def input_to_lava(dep: Deployment, x: np.ndarray) -> np.ndarray:
 def run_lava_sim(dep: Deployment, x: np.ndarray, *,
                  on_progress: Callable[[int, int], None] | None = None) -> Recording:
     """Run (T, B, n) input (spikes, or values in [0, 1] for graded input) in one Lava run."""
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-
     steps, batch = x.shape[0], x.shape[1]
     if steps < 1 or batch < 1:
         raise UserError(f"nothing to run: {steps} steps x {batch} samples")
     data = input_to_lava(dep, x)
-    total = data.shape[1]
-    cfg = Loihi2SimCfg(select_tag="fixed_pt")
-    bounds = np.linspace(0, total, min(RUN_CHUNKS, total) + 1).astype(int)
     with tempfile.TemporaryDirectory(prefix="snn-deploy-lava-") as tmp:
-        source, records = build_processes(dep, steps=steps, total_steps=total, data=data,
-                                          record_dir=Path(tmp))
-        with _stopping(source):
-            with _sigint_ignored_in_children():
-                source.create_runtime(run_cfg=cfg)
-            for done, todo in zip(bounds[:-1], np.diff(bounds)):
-                source.run(condition=RunSteps(num_steps=int(todo)))
-                if on_progress is not None:
-                    on_progress(int(done + todo), total)
-        recorded = [np.load(path) for path in records]  # (total, n) uint8 each
+        graph = build_graph(dep, data, steps=steps, record_dir=Path(tmp))
+        recorded = execute(graph, on_progress=on_progress)
     per_step = [  # (B, T, n) per layer, aligned with the input
         spikes[depth:depth + batch * steps].reshape(batch, steps, -1)
         for depth, spikes in enumerate(recorded, start=1)

@@ -1,0 +1,149 @@
+"""The emulator against Lava's fixed-point models: spike for spike and state for state.
+
+Lava runs the same process graph as the lava-sim backend (all samples in one run, staggered
+LIFReset), with Monitors on every LIF's u and v. Layer l's local step k of sample b is Lava's
+global step b*T + l + k.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from snn_deploy.profiles import load_profile
+from snn_deploy.quantize.deployment import SIGN_MODES, Deployment, LayerStats, QuantLayer
+from snn_deploy.run.emulator import run_emulator, run_layers
+from snn_deploy.run.lava_sim import build_graph, execute, input_to_lava, run_lava_sim
+from snn_deploy.targets import load_target
+
+pytestmark = pytest.mark.slow
+PROFILE = load_profile("loihi2")
+NO_STATS = LayerStats(weights_total=0, weights_saturated=0, threshold_saturated=False,
+                      bias_saturated=0, u_peak_share=0.0)
+
+
+def lava_states(dep: Deployment, x: np.ndarray):
+    """Run Lava with Monitors: per layer (spikes, u, v), each (total_steps, n) int64."""
+    from lava.proc.monitor.process import Monitor
+
+    steps = x.shape[0]
+    data = input_to_lava(dep, x)
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = build_graph(dep, data, steps=steps, record_dir=Path(tmp))
+        monitors = []
+        for lif in graph.lifs:
+            mu, mv = Monitor(), Monitor()
+            mu.probe(lif.u, graph.total_steps)
+            mv.probe(lif.v, graph.total_steps)
+            monitors.append((lif, mu, mv))
+        states = []
+
+        def read() -> None:
+            for lif, mu, mv in monitors:
+                states.append((np.asarray(mu.get_data()[lif.name]["u"]).astype(np.int64),
+                               np.asarray(mv.get_data()[lif.name]["v"]).astype(np.int64)))
+
+        spikes = execute(graph, before_stop=read)
+    return [(s.astype(np.int64), u, v) for s, (u, v) in zip(spikes, states)]
+
+
+def assert_equal_to_lava(dep: Deployment, x: np.ndarray) -> int:
+    """Compare every layer's spikes, u and v at every step of every sample; returns #spikes."""
+    steps, batch = x.shape[0], x.shape[1]
+    traces = run_layers(dep, torch.from_numpy(x), record_state=True)
+    lava = lava_states(dep, x)
+    total_spikes = 0
+    for depth, (trace, (l_s, l_u, l_v)) in enumerate(zip(traces, lava), start=1):
+        window = slice(depth, depth + batch * steps)
+
+        def local(a: np.ndarray) -> np.ndarray:  # (total, n) -> (T, B, n)
+            return a[window].reshape(batch, steps, -1).transpose(1, 0, 2)
+
+        for name, ours, theirs in (("spikes", trace.spikes.to(torch.int64).numpy(), local(l_s)),
+                                   ("u", trace.u.numpy(), local(l_u)),
+                                   ("v", trace.v.numpy(), local(l_v))):
+            bad = np.argwhere(ours != theirs)
+            assert len(bad) == 0, (
+                f"layer {depth} {name}: {len(bad)} mismatches, first (t, b, n) {bad[:3].tolist()}:"
+                f" emulator {ours[tuple(bad[0])]} vs Lava {theirs[tuple(bad[0])]}")
+        total_spikes += int(trace.spikes.sum())
+    return total_spikes
+
+
+@st.composite
+def deployments(draw):
+    depth = draw(st.integers(1, 3))
+    sizes = [draw(st.integers(1, 6)) for _ in range(depth + 1)]
+    graded = draw(st.booleans())
+    layers = []
+    for i in range(depth):
+        n_in, n = sizes[i], sizes[i + 1]
+        ints = lambda lo, hi, shape: np.array(  # noqa: E731
+            draw(st.lists(st.integers(lo, hi), min_size=int(np.prod(shape)),
+                          max_size=int(np.prod(shape))))).reshape(shape)
+        layers.append(QuantLayer(
+            synapse=f"fc{i}", neuron=f"lif{i}",
+            weights=ints(-600, 600, (n, n_in)).astype(np.int32),  # beyond the 8-bit range
+            weight_exp=draw(st.integers(-8, 7)), sign_mode=draw(st.sampled_from(SIGN_MODES)),
+            num_weight_bits=draw(st.integers(1, 8)),
+            num_message_bits=8 if (graded and i == 0) else 0,
+            du=draw(st.integers(0, 4095)), dv=draw(st.integers(0, 4095)),
+            vth=draw(st.one_of(st.integers(0, 50), st.integers(0, 2**17 - 1))),
+            bias_mant=ints(-4096, 4095, (n,)).astype(np.int32),
+            bias_exp=ints(0, 7, (n,)).astype(np.int32), scale=1.0, stats=NO_STATS,
+        ))
+    dep = Deployment(profile=PROFILE, layers=tuple(layers), input_size=sizes[0],
+                     input_scale=255 if graded else 1, dt=1e-3, coding={}, source_sha256="",
+                     source_nir=b"", calibration="")
+    steps = draw(st.integers(1, 7))
+    batch = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = rng.random((steps, batch, sizes[0]))
+    x = (x if graded else x < draw(st.floats(0.1, 0.9))).astype(np.float32)
+    return dep, x
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deployments())
+def test_emulator_equals_lava_on_random_networks(case):
+    dep, x = case
+    assert_equal_to_lava(dep, x)
+
+
+def test_emulator_equals_lava_state_for_state_on_a_busy_network():
+    """A hand-made case that surely spikes, wraps u and saturates v."""
+    rng = np.random.default_rng(0)
+    layers = (
+        QuantLayer(synapse="a", neuron="A", weights=rng.integers(-300, 300, (7, 5)).astype(np.int32),
+                   weight_exp=7, sign_mode="mixed", num_weight_bits=8, num_message_bits=0, du=0,
+                   dv=0, vth=60000, bias_mant=np.full(7, 4000, np.int32),
+                   bias_exp=np.full(7, 7, np.int32), scale=1.0, stats=NO_STATS),
+        QuantLayer(synapse="b", neuron="B", weights=rng.integers(0, 255, (4, 7)).astype(np.int32),
+                   weight_exp=-2, sign_mode="excitatory", num_weight_bits=6, num_message_bits=0,
+                   du=409, dv=2000, vth=10, bias_mant=np.zeros(4, np.int32),
+                   bias_exp=np.zeros(4, np.int32), scale=1.0, stats=NO_STATS),
+    )
+    dep = Deployment(profile=PROFILE, layers=layers, input_size=5, input_scale=1, dt=1e-3,
+                     coding={}, source_sha256="", source_nir=b"", calibration="")
+    x = (rng.random((12, 3, 5)) < 0.7).astype(np.float32)
+    assert assert_equal_to_lava(dep, x) > 20
+    traces = run_layers(dep, torch.from_numpy(x), record_state=True)
+    assert traces[0].u.abs().max() > 2**22, "this case should drive u near its 24-bit range"
+
+
+def test_emulator_equals_lava_sim_on_the_trained_model(small_model_files, digits):
+    from snn_deploy.coding import encode
+
+    dep = load_target(small_model_files["deployment"]).deployment
+    x = encode(digits.x_test[:24], encoding="rate", steps=12, seed=3).numpy()
+    assert assert_equal_to_lava(dep, x) > 0
+    emu, lava = run_emulator(dep, x), run_lava_sim(dep, x)
+    np.testing.assert_array_equal(emu.output, lava.output)
+    for a, b in zip(emu.counts, lava.counts):
+        np.testing.assert_array_equal(a, b)
