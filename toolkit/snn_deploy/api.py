@@ -54,6 +54,59 @@ def export(checkpoint: str | Path, out: str | Path) -> FloatNetwork:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunResult:
+    output: np.ndarray  # output layer spikes, uint8, in the input's layout
+    samples: int
+    steps: int
+
+
+def run(model: str | Path, *, input_path: str | Path, backend: str, device: str = "cpu",
+        dt: float | None = None) -> RunResult:
+    """Run given time-major input (T, n) or (T, B, n) on a backend.
+
+    Binary-spike deployments take only 0/1 values; graded (direct-coded) ones values in [0, 1].
+    """
+    from snn_deploy.evaluate.accuracy import DEPLOYED_BACKENDS, check_backend
+    from snn_deploy.targets import load_target
+
+    target = load_target(model, dt=dt)
+    check_backend(target, backend)
+    x = load_npy(input_path)
+    single = x.ndim == 2
+    if x.ndim not in (2, 3):
+        raise UserError(f"{input_path}: expected (T, n) or (T, B, n) spikes, got shape {x.shape}")
+    x3 = x[:, None, :] if single else x
+    width = target.checkpoint.config.input_size if target.checkpoint is not None \
+        else target.require_network().input_size
+    if x3.shape[2] != width or x3.shape[0] < 1 or x3.shape[1] < 1:
+        raise UserError(f"{input_path}: shape {x.shape} does not fit {width} input channels")
+    graded = (target.deployment.input_scale > 1) if target.deployment is not None else \
+        str(target.coding.get("encoding", "rate")) not in BINARY_ENCODINGS
+    if not graded and not np.isin(x3, (0, 1)).all():
+        raise UserError(f"{input_path}: this model takes spikes, but the input holds values other"
+                        " than 0 and 1")
+    if graded and (x3.min() < 0 or x3.max() > 1):
+        raise UserError(f"{input_path}: graded input must lie in [0, 1], got"
+                        f" {x3.min():.4g}..{x3.max():.4g}")
+    xt = torch.from_numpy(np.ascontiguousarray(x3, dtype=np.float32))
+    if backend == "lava-sim":
+        from snn_deploy.run.lava_sim import run_lava_sim
+
+        out = run_lava_sim(target.require_deployment(), xt.numpy()).output
+    elif backend in DEPLOYED_BACKENDS:
+        from snn_deploy.run.emulator import run_emulator
+
+        out = run_emulator(target.require_deployment(), xt, device=device).output
+    elif target.checkpoint is not None:
+        from snn_deploy.evaluate.accuracy import run_checkpoint
+
+        out = run_checkpoint(target, xt).output
+    else:
+        out = run_float(target.require_network(), xt).recording.output
+    return RunResult(output=out[:, 0] if single else out, samples=x3.shape[1], steps=x3.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
 class DeployResult:
     deployment: Deployment
     warnings: tuple[str, ...]

@@ -15,6 +15,7 @@ import click
 
 from snn_deploy.coding import ENCODERS
 from snn_deploy.data import DATASETS
+from snn_deploy.evaluate.accuracy import BACKENDS
 from snn_deploy.errors import UserError
 from snn_deploy.fileio import check_writable
 
@@ -26,6 +27,18 @@ def _hidden(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected sizes like 128 or 128,64, got {value!r}") from None
+
+
+def _device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: unknown torch device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return name
 
 
 def _progress(desc: str, total: int):
@@ -133,8 +146,9 @@ def deploy(model, profile, dt, dataset, calibration, seed, out) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(["float", "lava-sim"]), default="float",
-              show_default=True)
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="float", show_default=True)
+@click.option("--device", default="cpu", show_default=True,
+              help="torch device for the float and emulator backends (cpu, cuda, cuda:1).")
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
               help="Data set (default: the one the model was trained on).")
 @click.option("--limit", type=int, default=None, help="Evaluate the first N test samples only.")
@@ -143,7 +157,7 @@ def deploy(model, profile, dt, dataset, calibration, seed, out) -> None:
 @click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the report JSON here.")
-def evaluate(model, backend, dataset, limit, steps, seed, dt, json_out) -> None:
+def evaluate(model, backend, device, dataset, limit, steps, seed, dt, json_out) -> None:
     """Accuracy and activity of a checkpoint, NIR graph or Deployment on a backend."""
     from snn_deploy.data import load_dataset
     from snn_deploy.evaluate.accuracy import evaluate_target
@@ -167,7 +181,7 @@ def evaluate(model, backend, dataset, limit, steps, seed, dt, json_out) -> None:
         bar.refresh()
 
     ev = evaluate_target(target, split, backend=backend, limit=limit, steps=steps, seed=seed,
-                         on_progress=on_progress)
+                         device=_device(device), on_progress=on_progress)
     if bar is not None:
         bar.close()
     report = evaluation_report(ev, target=target, dataset=name)
@@ -175,6 +189,31 @@ def evaluate(model, backend, dataset, limit, steps, seed, dt, json_out) -> None:
     if json_out:
         write_json(report, json_out)
         click.echo(f"wrote {json_out}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
+              help="Spikes (.npy), time-major: (T, n) for one sample or (T, B, n) for a batch.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="emulator", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device (float, emulator).")
+@click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Output layer spikes (.npy, uint8), in the input's layout.")
+def run(model, input_path, backend, device, dt, out) -> None:
+    """Run a Deployment (or a NIR graph on float) on given input; save the output spikes."""
+    import numpy as np
+
+    from snn_deploy import api
+    from snn_deploy.fileio import atomic_path
+
+    check_writable(out)
+    result = api.run(model, input_path=input_path, backend=backend, device=_device(device), dt=dt)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, result.output)
+    click.echo(f"{backend}: {result.samples} sample(s) x {result.steps} steps -> output"
+               f" {tuple(result.output.shape)}, {int(result.output.sum())} spikes; wrote {out}")
 
 
 def _print_reports(reports: list[dict]) -> None:

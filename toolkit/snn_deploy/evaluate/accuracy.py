@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from snn_deploy.coding import encode
+from snn_deploy.coding import MAX_STEPS, encode
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity
@@ -17,8 +17,9 @@ from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
 
-BACKENDS = ("float", "lava-sim")
-FLOAT_BATCH = 512
+BACKENDS = ("float", "emulator", "lava-sim")
+DEPLOYED_BACKENDS = frozenset({"emulator", "lava-sim"})  # run the Deployment, not the float graph
+BATCH = 512  # samples per streamed batch and per encoder chunk
 MAX_INPUT_GB = 4.0  # encoded input is held in memory whole (float32)
 
 Progress = Callable[[int, int], None]
@@ -64,27 +65,24 @@ def run_checkpoint(target: Target, x: torch.Tensor) -> Recording:
 
 
 def _weights(target: Target, backend: str) -> list[np.ndarray]:
-    if backend == "lava-sim":
+    if backend in DEPLOYED_BACKENDS:
         return [layer.weights for layer in target.require_deployment().layers]
     if target.checkpoint is not None:
         return [m.weight.detach().numpy() for m in list(target.checkpoint.net)[::2]]
     return [layer.weight for layer in target.require_network().layers]
 
 
-def _run(target: Target, backend: str, x: torch.Tensor, on_progress: Progress | None) -> Recording:
-    if backend == "lava-sim":
-        from snn_deploy.run.lava_sim import run_lava_sim
+def _run_batch(target: Target, backend: str, x: torch.Tensor, device: str) -> Recording:
+    if backend == "emulator":
+        from snn_deploy.run.emulator import run_emulator
 
-        return run_lava_sim(target.require_deployment(), x.numpy(), on_progress=on_progress)
-    parts = []
-    for start in range(0, x.shape[1], FLOAT_BATCH):
-        xb = x[:, start:start + FLOAT_BATCH]
-        if target.checkpoint is not None:
-            parts.append(run_checkpoint(target, xb))
-        else:
-            parts.append(run_float(target.require_network(), xb).recording)
-        if on_progress is not None:
-            on_progress(min(start + FLOAT_BATCH, x.shape[1]), x.shape[1])
+        return run_emulator(target.require_deployment(), x, device=device)
+    if target.checkpoint is not None:
+        return run_checkpoint(target, x)
+    return run_float(target.require_network(), x).recording
+
+
+def _concat(parts: list[Recording]) -> Recording:
     return Recording(
         output=np.concatenate([p.output for p in parts], axis=1),
         layer_names=parts[0].layer_names,
@@ -92,25 +90,40 @@ def _run(target: Target, backend: str, x: torch.Tensor, on_progress: Progress | 
     )
 
 
+def encoded_batches(x: torch.Tensor, *, encoding: str, steps: int, seed: int
+                    ) -> Iterator[torch.Tensor]:
+    """Encode (N, n) inputs in fixed chunks of ``BATCH`` samples, chunk j seeded by (seed, j).
+
+    The chunking is fixed, so every backend, streaming or not, sees the same input spikes.
+    """
+    for j, start in enumerate(range(0, len(x), BATCH)):
+        yield encode(x[start:start + BATCH], encoding=encoding, steps=steps,
+                     seed=seed * 1_000_003 + j)
+
+
 def check_backend(target: Target, backend: str) -> None:
     """Refuse a backend that cannot run this kind of file, saying what to do instead."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
-    if backend == "lava-sim":
+    if backend in DEPLOYED_BACKENDS:
         target.require_deployment()
 
 
 def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "test",
                     limit: int | None = None, steps: int | None = None, seed: int = 0,
-                    on_progress: Progress | None = None) -> Evaluation:
+                    device: str = "cpu", on_progress: Progress | None = None) -> Evaluation:
     """Encode the split with the model's coding, run it on the backend, score it.
 
-    The encoder is seeded with ``seed``, so every backend sees identical input spikes.
+    float and emulator stream batches of ``BATCH`` samples (bounded memory); lava-sim runs all
+    samples in one Lava run. Encoding is seeded per fixed chunk, so every backend sees identical
+    input spikes.
     """
     check_backend(target, backend)
     coding = target.coding
     encoding = str(coding.get("encoding", "rate"))
     steps = int(steps if steps is not None else coding.get("steps", 32))
+    if not 1 <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
     x, y = split.part(part)
     width = target.checkpoint.config.input_size if target.checkpoint is not None \
         else target.require_network().input_size
@@ -122,18 +135,34 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
         if limit < 1:
             raise UserError(f"--limit must be >= 1, got {limit}")
         x, y = x[:limit], y[:limit]
-    gigabytes = steps * x.shape[0] * x.shape[1] * 4 / 1e9
-    if gigabytes > MAX_INPUT_GB:
-        raise UserError(
-            f"{steps} steps x {x.shape[0]} samples would need {gigabytes:.1f} GB of encoded input"
-            f" (limit {MAX_INPUT_GB} GB): use --limit or fewer --steps"
-        )
-    xs = encode(x, encoding=encoding, steps=steps, seed=seed)
+    if backend == "lava-sim":
+        gigabytes = steps * x.shape[0] * x.shape[1] * 4 / 1e9
+        if gigabytes > MAX_INPUT_GB:
+            raise UserError(
+                f"lava-sim holds all {x.shape[0]} samples x {steps} steps in one run: that needs"
+                f" {gigabytes:.1f} GB of input (limit {MAX_INPUT_GB} GB); use --limit or fewer --steps"
+            )
+    batches = encoded_batches(x, encoding=encoding, steps=steps, seed=seed)
     started = time.perf_counter()
-    recording = _run(target, backend, xs, on_progress)
+    events_parts: list[np.ndarray] = []
+    if backend == "lava-sim":
+        from snn_deploy.run.lava_sim import run_lava_sim
+
+        xs = torch.cat(list(batches), dim=1)
+        events_parts.append((xs != 0).sum(dim=0).to(torch.int64).numpy())
+        recording = run_lava_sim(target.require_deployment(), xs.numpy(), on_progress=on_progress)
+    else:
+        parts, done = [], 0
+        for xb in batches:
+            parts.append(_run_batch(target, backend, xb, device))
+            events_parts.append((xb != 0).sum(dim=0).to(torch.int64).numpy())
+            done += xb.shape[1]
+            if on_progress is not None:
+                on_progress(done, len(x))
+        recording = _concat(parts)
     wall = time.perf_counter() - started
     predictions = recording.output.astype(np.int64).sum(axis=0).argmax(axis=1)
-    events = (xs != 0).sum(dim=0).to(torch.int64).numpy()
+    events = np.concatenate(events_parts)
     weights = _weights(target, backend)
     return Evaluation(
         backend=backend, n=int(len(y)), steps=steps, encoding=encoding, seed=seed,
