@@ -25,7 +25,6 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
-
 from snn_deploy.data import Split, load_dataset  # noqa: E402
 from snn_deploy.evaluate.accuracy import evaluate_target  # noqa: E402
 from snn_deploy.targets import load_target  # noqa: E402

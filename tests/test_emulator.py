@@ -15,7 +15,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.deployment import SIGN_MODES, Deployment, LayerStats, QuantLayer
 from snn_deploy.run.emulator import run_emulator, run_layers

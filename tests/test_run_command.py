@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from snn_deploy import api
 from snn_deploy.data import load_dataset
 from snn_deploy.errors import UserError

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
-
 from snn_deploy.errors import UserError
 from snn_deploy.run.emulator import run_layers
 from snn_deploy.run.twin import SURROGATES, EmulatorTwin
 from snn_deploy.targets import load_target
+
 from tests.test_emulator import deployments
 
 

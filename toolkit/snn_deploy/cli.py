@@ -15,8 +15,8 @@ import click
 
 from snn_deploy.coding import ENCODERS
 from snn_deploy.data import DATASETS
-from snn_deploy.evaluate.accuracy import BACKENDS
 from snn_deploy.errors import UserError
+from snn_deploy.evaluate.accuracy import BACKENDS
 from snn_deploy.fileio import check_writable
 
 EXIT_BAD_INPUT = 2
