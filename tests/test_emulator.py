@@ -108,7 +108,7 @@ def deployments(draw):
     return dep, x
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deployments())
 def test_emulator_equals_lava_on_random_networks(case):
     dep, x = case
@@ -146,3 +146,32 @@ def test_emulator_equals_lava_sim_on_the_trained_model(small_model_files, digits
     np.testing.assert_array_equal(emu.output, lava.output)
     for a, b in zip(emu.counts, lava.counts):
         np.testing.assert_array_equal(a, b)
+
+
+def test_emulator_equals_lava_on_a_network_made_by_lava_dl():
+    """lava-dl's own trained mnist.net (its dense part), imported through netx."""
+    import lava.lib.dl.netx as netx_pkg
+    from snn_deploy.quantize.netx import read_netx
+
+    site = Path(netx_pkg.__file__).parents[4]  # site-packages
+    found = sorted(site.glob("tests/lava/lib/dl/netx/mnist.net"))
+    if not found:
+        pytest.skip("lava-dl's wheel ships no tests/lava/lib/dl/netx/mnist.net here")
+    dep = read_netx(found[0], profile=PROFILE, skip_layers=1, num_layers=3)
+    x = (np.random.default_rng(5).random((10, 2, dep.input_size)) < 0.15).astype(np.float32)
+    assert assert_equal_to_lava(dep, x) > 100
+
+
+def test_emulator_equals_lava_when_u_leaves_the_24_bit_range():
+    """Lava folds u once, not modulo 2**24: strong graded input drives u far beyond 24 bits and
+    the int32 sums for u and v wrap around. Found by hypothesis against the twin."""
+    layer = QuantLayer(
+        synapse="a", neuron="A", weights=np.array([[-256, 0, 0, 0, -256, 0]], np.int32),
+        weight_exp=7, sign_mode="mixed", num_weight_bits=8, num_message_bits=8, du=0, dv=0, vth=0,
+        bias_mant=np.zeros(1, np.int32), bias_exp=np.zeros(1, np.int32), scale=1.0, stats=NO_STATS)
+    dep = Deployment(profile=PROFILE, layers=(layer,), input_size=6, input_scale=255, dt=1e-3,
+                     coding={}, source_sha256="", source_nir=b"", calibration="")
+    x = np.random.default_rng(3).random((8, 2, 6)).astype(np.float32)
+    assert_equal_to_lava(dep, x)
+    traces = run_layers(dep, torch.from_numpy(x), record_state=True)
+    assert traces[0].u.abs().max() > 2**30

@@ -76,8 +76,7 @@ def run(model: str | Path, *, input_path: str | Path, backend: str, device: str 
     if x.ndim not in (2, 3):
         raise UserError(f"{input_path}: expected (T, n) or (T, B, n) spikes, got shape {x.shape}")
     x3 = x[:, None, :] if single else x
-    width = target.checkpoint.config.input_size if target.checkpoint is not None \
-        else target.require_network().input_size
+    width = target.input_size
     if x3.shape[2] != width or x3.shape[0] < 1 or x3.shape[1] < 1:
         raise UserError(f"{input_path}: shape {x.shape} does not fit {width} input channels")
     graded = (target.deployment.input_scale > 1) if target.deployment is not None else \

@@ -122,13 +122,17 @@ def export(checkpoint, out) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Deployment file (.deploy.h5).")
-def deploy(model, profile, dt, dataset, calibration, seed, out) -> None:
+@click.option("--netx", "netx_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write a lava-dl netx file (needs weight exponent 0: --profile loihi2-netx).")
+def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out) -> None:
     """Quantize a NIR graph for a hardware profile and write a Deployment."""
     from snn_deploy import api
     from snn_deploy.evaluate.report import format_table
     from snn_deploy.quantize.deployment import save_deployment
 
     check_writable(out)
+    if netx_out:
+        check_writable(netx_out)
     result = api.deploy(model, profile=profile, dt=dt, dataset=dataset, calibration=calibration,
                         seed=seed)
     for message in result.warnings:
@@ -140,8 +144,42 @@ def deploy(model, profile, dt, dataset, calibration, seed, out) -> None:
     click.echo(format_table(["layer", "neurons", "sign", "w_exp", "du", "dv", "vth", "saturated",
                              "u peak / range"], rows))
     click.echo(f"profile {dep.profile.name}; calibration: {dep.calibration}")
+    if netx_out:  # first: it refuses what netx cannot carry, and then nothing is written
+        from snn_deploy.quantize.netx import write_netx
+
+        write_netx(dep, netx_out)
     save_deployment(dep, out)
     click.echo(f"wrote {out}")
+    if netx_out:
+        click.echo(f"wrote {netx_out} (lava-dl netx)")
+
+
+@cli.command("import-netx")
+@click.argument("net", type=click.Path(dir_okay=False))
+@click.option("--profile", default="loihi2", show_default=True,
+              help="Profile name or .toml path (netx's own exponents need the range -8..0).")
+@click.option("--skip-layers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="As netx's Network(skip_layers=...): drop leading layers (e.g. an input neuron).")
+@click.option("--num-layers", type=click.IntRange(min=1), default=None,
+              help="As netx's Network(num_layers=...): keep only this many layers.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Deployment file (.deploy.h5).")
+def import_netx(net, profile, skip_layers, num_layers, out) -> None:
+    """Read a lava-dl netx network (.net) into a Deployment."""
+    from snn_deploy.profiles import load_profile
+    from snn_deploy.quantize.deployment import save_deployment
+    from snn_deploy.quantize.netx import read_netx
+
+    check_writable(out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dep = read_netx(net, profile=load_profile(profile), skip_layers=skip_layers,
+                        num_layers=num_layers)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    save_deployment(dep, out)
+    sizes = "-".join(str(s) for s in [dep.input_size, *(layer.size for layer in dep.layers)])
+    click.echo(f"imported {net}: {len(dep.layers)} layers ({sizes}); wrote {out}")
 
 
 @cli.command()

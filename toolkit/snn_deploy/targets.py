@@ -36,8 +36,17 @@ class Target:
 
     def require_network(self) -> FloatNetwork:
         if self.network is None:
-            raise UserError(f"{self.path} is a {self.kind} without a NIR graph")
+            raise UserError(f"{self.path} is a {self.kind} without a NIR source graph (imported from"
+                            " netx?): the float backend has nothing to run")
         return self.network
+
+    @property
+    def input_size(self) -> int:
+        if self.checkpoint is not None:
+            return self.checkpoint.config.input_size
+        if self.deployment is not None:
+            return self.deployment.input_size
+        return self.require_network().input_size
 
     @property
     def coding(self) -> dict:
@@ -82,9 +91,11 @@ def load_target(path: str | Path, *, dt: float | None = None) -> Target:
     if kind == "checkpoint":
         return Target(path=path, kind=kind, sha256=digest, checkpoint=load_checkpoint(path))
     if kind == "nir":
-        network = graph_to_network(read_nir(path), dt=dt)
-        return Target(path=path, kind=kind, sha256=digest, network=network)
+        graph_net = graph_to_network(read_nir(path), dt=dt)
+        return Target(path=path, kind=kind, sha256=digest, network=graph_net)
     deployment = load_deployment(path)
-    graph = read_nir_bytes(deployment.source_nir, origin=f"{path}:source_nir")
-    network = graph_to_network(graph, dt=deployment.dt)
+    network: FloatNetwork | None = None
+    if deployment.source_nir:  # empty for deployments imported from lava-dl netx
+        graph = read_nir_bytes(deployment.source_nir, origin=f"{path}:source_nir")
+        network = graph_to_network(graph, dt=deployment.dt)
     return Target(path=path, kind=kind, sha256=digest, deployment=deployment, network=network)

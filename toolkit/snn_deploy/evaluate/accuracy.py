@@ -125,8 +125,7 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
     if not 1 <= steps <= MAX_STEPS:
         raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
     x, y = split.part(part)
-    width = target.checkpoint.config.input_size if target.checkpoint is not None \
-        else target.require_network().input_size
+    width = target.input_size
     if x.shape[1] != width:
         raise UserError(
             f"{target.path} takes {width} inputs, but {split.name} samples have {x.shape[1]}"
@@ -135,13 +134,13 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
         if limit < 1:
             raise UserError(f"--limit must be >= 1, got {limit}")
         x, y = x[:limit], y[:limit]
-    if backend == "lava-sim":
-        gigabytes = steps * x.shape[0] * x.shape[1] * 4 / 1e9
-        if gigabytes > MAX_INPUT_GB:
-            raise UserError(
-                f"lava-sim holds all {x.shape[0]} samples x {steps} steps in one run: that needs"
-                f" {gigabytes:.1f} GB of input (limit {MAX_INPUT_GB} GB); use --limit or fewer --steps"
-            )
+    held = x.shape[0] if backend == "lava-sim" else min(x.shape[0], BATCH)  # samples in memory
+    gigabytes = steps * held * x.shape[1] * 4 / 1e9
+    if gigabytes > MAX_INPUT_GB:
+        raise UserError(
+            f"{backend} holds {held} samples x {steps} steps of encoded input at once: that needs"
+            f" {gigabytes:.1f} GB (limit {MAX_INPUT_GB} GB); use --limit or fewer --steps"
+        )
     batches = encoded_batches(x, encoding=encoding, steps=steps, seed=seed)
     started = time.perf_counter()
     events_parts: list[np.ndarray] = []

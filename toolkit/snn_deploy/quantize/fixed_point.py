@@ -55,6 +55,20 @@ def weight_grid(profile: Profile, sign_mode: str) -> WeightGrid:
     return WeightGrid(low=-((-low) // step) * step, high=(high // step) * step, step=step)
 
 
+def lava_dense_grid(weights: np.ndarray, *, sign_mode: str, num_weight_bits: int,
+                    weight_bits: int = 8) -> np.ndarray:
+    """The weights Lava's fixed-point Dense really uses: ``clip_weights(num_bits=weight_bits)``
+    then ``truncate_weights`` (lava/utils/weightutils.py), as int32."""
+    w = np.asarray(weights, dtype=np.int64)
+    sign = -1 if sign_mode == "inhibitory" else 1
+    mixed = int(sign_mode == "mixed")
+    w = np.clip(sign * w, -(1 << weight_bits) * mixed, (1 << weight_bits) - 1)
+    drop = weight_bits - num_weight_bits + mixed
+    if drop < 0:
+        raise ValueError(f"num_weight_bits {num_weight_bits} makes Lava shift by {drop} bits")
+    return (sign * ((w >> drop) << drop)).astype(np.int32)
+
+
 def sign_mode_of(weights: np.ndarray) -> str:
     """Lava's ``determine_sign_mode``: excitatory if no weight < 0, inhibitory if none > 0."""
     if np.all(weights >= 0):

@@ -28,6 +28,7 @@ import torch
 from snn_deploy.errors import UserError
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
+from snn_deploy.quantize.fixed_point import lava_dense_grid
 from snn_deploy.run.recording import Recording
 
 _INT32 = float(1 << 32)
@@ -44,16 +45,9 @@ def wrap_int32(x: torch.Tensor) -> torch.Tensor:
 
 
 def lava_weights(layer: QuantLayer, *, weight_bits: int = 8) -> np.ndarray:
-    """The weights Lava's fixed-point Dense really uses: clip_weights then truncate_weights."""
-    w = layer.weights.astype(np.int64)
-    if layer.sign_mode == "inhibitory":
-        w = -w
-    mixed = layer.sign_mode == "mixed"
-    low = -(1 << weight_bits) if mixed else 0
-    w = np.clip(w, low, (1 << weight_bits) - 1)
-    drop = weight_bits - layer.num_weight_bits + int(mixed)
-    w = (w >> drop) << drop
-    return -w if layer.sign_mode == "inhibitory" else w
+    """The weights Lava's fixed-point Dense really uses for this layer."""
+    return lava_dense_grid(layer.weights, sign_mode=layer.sign_mode,
+                           num_weight_bits=layer.num_weight_bits, weight_bits=weight_bits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,21 +118,26 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile,
     """
     big = float(profile.state_max)
     act = wrap_int32(a_in * float(1 << profile.activation_shift))
-    lo, hi = torch.aminmax(act) if act.numel() else (act.new_zeros(()), act.new_zeros(()))
-    # decayed u (|.| < 2**23) + act is an int32 sum in Lava; it can wrap only for huge inputs
-    may_wrap32 = bool(max(-lo, hi) >= _INT31 - big)
+    bias_big = bool(c.bias.abs().max() + 2 * big >= _INT31) if c.bias.numel() else False
     u = torch.zeros_like(act[0])
     v = torch.zeros_like(act[0])
     spikes = torch.empty(act.shape, dtype=torch.bool, device=act.device)
     us, vs = [], []
     for t in range(act.shape[0]):
         u = torch.trunc(u.mul_(c.u_keep)).add_(act[t])
-        if may_wrap32:
-            u = wrap_int32(u)
         lo, hi = torch.aminmax(u)
-        if hi > big or lo <= -big:  # Lava's 24-bit wrap of u (one fold each way)
+        if hi >= _INT31 or lo < -_INT31:  # decayed u + act is an int32 sum in Lava
+            u = wrap_int32(u)
+            lo, hi = torch.aminmax(u)
+        u_big = False
+        if hi > big or lo <= -big:  # Lava's 24-bit wrap of u: one fold each way, not a modulo
             u = u - (u > big) * (2 * big) + (u <= -big) * (2 * big)
-        v = torch.trunc(v.mul_(c.v_keep)).add_(u).add_(c.bias).clamp_(-big + 1, big - 1)
+            lo, hi = torch.aminmax(u)
+            u_big = bool(hi > big or lo <= -big)  # |u| can stay beyond 24 bits after one fold
+        v = torch.trunc(v.mul_(c.v_keep)).add_(u).add_(c.bias)
+        if u_big or bias_big:  # only then can the int32 sum for v overflow
+            v = wrap_int32(v)
+        v = v.clamp_(-big + 1, big - 1)
         torch.gt(v, c.vth, out=spikes[t])
         v.masked_fill_(spikes[t], 0.0)
         if record_state:

@@ -144,7 +144,7 @@ class EmulatorTwin(torch.nn.Module):
                 u = _ste(u, lambda z: _wrap32(z))
                 u = _ste(u, lambda z: z - (z > big) * (2 * big) + (z <= -big) * (2 * big))
                 v = _ste(v * v_keep, torch.trunc) + u + bias
-                v = _ste(v, lambda z: torch.clamp(z, -big + 1, big - 1))
+                v = _ste(v, lambda z: torch.clamp(_wrap32(z), -big + 1, big - 1))
                 z = _Spike.apply((v - theta) / scale, self.surrogate, self.width)
                 v = v * (1.0 - z.detach())
                 spikes.append(z)
