@@ -44,6 +44,14 @@ def wrap_int32(x: torch.Tensor) -> torch.Tensor:
     return torch.remainder(x + _INT31, _INT32) - _INT31
 
 
+def _abs_max(x: torch.Tensor) -> float:
+    """max |x| in one pass without a temporary (0 for an empty tensor)."""
+    if not x.numel():
+        return 0.0
+    lo, hi = torch.aminmax(x)
+    return max(-float(lo), float(hi))
+
+
 def lava_weights(layer: QuantLayer, *, weight_bits: int = 8) -> np.ndarray:
     """The weights Lava's fixed-point Dense really uses for this layer."""
     return lava_dense_grid(layer.weights, sign_mode=layer.sign_mode,
@@ -62,6 +70,7 @@ class LayerConstants:
     v_keep: float  # (4096 - dv) / 4096
     bias: torch.Tensor  # (n,) float64, bias_mant << bias_exp as Lava computes it
     vth: float  # vth << 6
+    int32_safe: bool  # the worst-case synaptic input, shifted into u, cannot overflow int32
 
     @classmethod
     def of(cls, layer: QuantLayer, dep: Deployment, device: torch.device,
@@ -85,12 +94,16 @@ class LayerConstants:
             v_keep=(unity - (layer.dv + p.dv_offset)) / unity,
             bias=torch.as_tensor(bias, dtype=torch.float64, device=device),
             vth=float(layer.vth << p.threshold_shift),
+            int32_safe=worst * 2.0 ** (max(layer.weight_exp, 0) + p.activation_shift) < _INT31,
         )
 
 
 def dense(c: LayerConstants, s: torch.Tensor) -> torch.Tensor:
     """Synaptic input for a whole sequence at once: (T, B, n_in) -> (T, B, n_out) exact float64."""
     acc = torch.matmul(s.to(c.matmul_dtype), c.weights.T).to(torch.float64)
+    if c.int32_safe:  # no wrap can happen below: only the arithmetic shift remains
+        return torch.floor(acc / float(1 << -c.weight_exp)) if c.weight_exp < 0 \
+            else acc * float(1 << c.weight_exp)
     if c.graded:  # weights.dot(s_in) on int32 arrays wraps in int32
         acc = wrap_int32(acc)
     if c.weight_exp > 0:  # np.left_shift on int32 wraps; np.right_shift floors
@@ -117,7 +130,13 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile,
     4096 then truncating equals Lava's sign(x) * (|x| >> 12).
     """
     big = float(profile.state_max)
-    act = wrap_int32(a_in * float(1 << profile.activation_shift))
+    act = a_in * float(1 << profile.activation_shift)
+    if not c.int32_safe:
+        act = wrap_int32(act)
+    # |u| <= max|act| / (1 - keep) (truncation only shrinks it): when that stays inside the
+    # 24-bit range, no step needs the overflow checks below.
+    peak = _abs_max(act)
+    checked = c.u_keep >= 1.0 or peak / (1.0 - c.u_keep) >= big
     bias_big = bool(c.bias.abs().max() + 2 * big >= _INT31) if c.bias.numel() else False
     u = torch.zeros_like(act[0])
     v = torch.zeros_like(act[0])
@@ -125,12 +144,13 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile,
     us, vs = [], []
     for t in range(act.shape[0]):
         u = torch.trunc(u.mul_(c.u_keep)).add_(act[t])
-        lo, hi = torch.aminmax(u)
-        if hi >= _INT31 or lo < -_INT31:  # decayed u + act is an int32 sum in Lava
-            u = wrap_int32(u)
-            lo, hi = torch.aminmax(u)
         u_big = False
-        if hi > big or lo <= -big:  # Lava's 24-bit wrap of u: one fold each way, not a modulo
+        if checked:
+            lo, hi = torch.aminmax(u)
+            if hi >= _INT31 or lo < -_INT31:  # decayed u + act is an int32 sum in Lava
+                u = wrap_int32(u)
+                lo, hi = torch.aminmax(u)
+        if checked and (hi > big or lo <= -big):  # Lava's 24-bit wrap of u: one fold each way, not a modulo
             u = u - (u > big) * (2 * big) + (u <= -big) * (2 * big)
             lo, hi = torch.aminmax(u)
             u_big = bool(hi > big or lo <= -big)  # |u| can stay beyond 24 bits after one fold
@@ -156,7 +176,7 @@ def input_levels(dep: Deployment, x: torch.Tensor) -> torch.Tensor:
     x = x.reshape(steps, batch, -1)
     if x.shape[2] != dep.input_size:
         raise UserError(f"input has {x.shape[2]} channels, the deployment takes {dep.input_size}")
-    return torch.round(x.to(torch.float64) * dep.input_scale)
+    return torch.round(x.to(torch.float32) * dep.input_scale)  # levels <= 2**bits: exact
 
 
 def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device = "cpu",
@@ -164,7 +184,7 @@ def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device =
     """Every layer's trace for (T, B, n) encoded input, all samples at once."""
     dev = torch.device(device)
     s = input_levels(dep, x).to(dev)
-    max_input = int(s.abs().max()) if s.numel() else 1
+    max_input = int(_abs_max(s))
     traces = []
     for layer in dep.layers:
         c = LayerConstants.of(layer, dep, dev, max(max_input, 1))
