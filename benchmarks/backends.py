@@ -4,7 +4,8 @@
 
 float and emulator evaluate ``--samples`` samples (the digits test split tiled), streamed in
 batches of 512, after one warm-up run, median of 3; lava-sim evaluates the 360-sample test split
-in one Lava run. Peak memory of the emulator evaluation is measured in a child process (ru_maxrss, which includes torch itself).
+in one Lava run. Peak memory of the emulator evaluation is measured in a child process
+(ru_maxrss, which includes torch itself).
 Without --deployment, the default model is trained, exported and deployed first (not timed).
 """
 
