@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
+from hypothesis import settings
 from snn_deploy import api
 from snn_deploy.data import load_dataset
 from snn_deploy.quantize.deployment import save_deployment
 from snn_deploy.train.model import save_checkpoint
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+# CI runs the same examples every time (a new random example is found locally, not in CI).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from snn_deploy import api
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
@@ -175,6 +175,11 @@ def test_netx_quirks_are_reproduced_and_counted():
 # ---------------------------------------------------------------- round trips
 
 
+def _netx_sign_quirk(w: np.ndarray) -> bool:
+    low = int(w.min())
+    return int(w.max()) <= 0 and low < 0 and (-low & (-low - 1)) == 0
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), graded=st.booleans(), bias=st.booleans(),
        sizes=st.lists(st.integers(1, 9), min_size=2, max_size=4))
@@ -182,6 +187,10 @@ def test_round_trip_keeps_the_integers(netx_profile, seed, graded, bias, sizes):
     dep = _deploy(netx_profile, sizes, seed=seed, graded=graded)
     if bias:
         dep = _with_bias(dep, seed=seed)
+    # netx cannot carry a matrix with no positive weight whose minimum is -2**k (its sign-mode
+    # rule differs from Lava's; test_netx_quirks_are_reproduced_and_counted covers that refusal)
+    assume(not any(_netx_sign_quirk(layer.weights.astype(np.int64) << max(layer.weight_exp, 0))
+                   for layer in dep.layers))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.net"
         write_netx(dep, path)

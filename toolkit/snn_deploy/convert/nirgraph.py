@@ -41,13 +41,18 @@ class NeuronSpec:
 
 @dataclasses.dataclass(frozen=True)
 class FloatLayer:
-    """One synapse node followed by one neuron node."""
+    """One synapse node followed by one neuron node, optionally with a recurrent synapse
+    (a NIR cycle neuron -> Affine|Linear -> the same neuron) whose input is the previous step's
+    spikes: ``I_t = ... + w_in * (R z_{t-1} + b_rec)``."""
 
     synapse: str
     neuron: str
     weight: np.ndarray  # (n_out, n_in) float64
     bias: np.ndarray  # (n_out,) float64
     spec: NeuronSpec
+    recurrent: np.ndarray | None = None  # (n, n) float64
+    recurrent_bias: np.ndarray | None = None  # (n,) float64
+    recurrent_synapse: str | None = None
 
     @property
     def size(self) -> int:
@@ -185,12 +190,21 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
     input_size = width
     chain: list[str] = []
     current, seen = inputs[0], {inputs[0]}
+    loops: dict[str, str] = {}  # neuron -> its recurrent synapse
     while not isinstance(graph.nodes[current], nir.Output):
         nxt = succ[current]
+        back = [n for n in nxt if succ[n] == [current]
+                and type(graph.nodes[n]).__name__ in SYNAPSE_TYPES
+                and type(graph.nodes[current]).__name__ in NEURON_TYPES]
+        if len(back) == 1 and len(nxt) == 2:  # neuron -> synapse -> the same neuron
+            loops[current] = back[0]
+            seen.add(back[0])
+            nxt = [n for n in nxt if n != back[0]]
         if len(nxt) != 1:
             raise UnsupportedNode(
                 f"node {current!r} has {len(nxt)} successors: only chains"
-                " Input -> (Affine|Linear -> neuron)+ -> Output are supported yet"
+                " Input -> (Affine|Linear -> neuron [with a recurrent Affine|Linear])+ -> Output"
+                " are supported yet"
             )
         current = nxt[0]
         if current in seen:
@@ -217,8 +231,18 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
             raise UserError(f"node {syn_name!r}: weight holds NaN or Inf")
         n = weight.shape[0]
         bias = _param(syn, "bias", n) if isinstance(syn, nir.Affine) else np.zeros(n)
+        rec_name = loops.get(neu_name)
+        rec = rec_bias = None
+        if rec_name is not None:
+            rec_node = graph.nodes[rec_name]
+            rec = np.asarray(rec_node.weight, dtype=np.float64)
+            if rec.shape != (n, n) or not np.all(np.isfinite(rec)):
+                raise UnsupportedNode(f"node {rec_name!r}: recurrent weight of shape {rec.shape}"
+                                      f" (finite values, ({n}, {n}) expected)")
+            rec_bias = _param(rec_node, "bias", n) if isinstance(rec_node, nir.Affine) else np.zeros(n)
         layers.append(FloatLayer(synapse=syn_name, neuron=neu_name, weight=weight, bias=bias,
-                                 spec=neuron_spec(graph.nodes[neu_name], n, step, neu_name)))
+                                 spec=neuron_spec(graph.nodes[neu_name], n, step, neu_name),
+                                 recurrent=rec, recurrent_bias=rec_bias, recurrent_synapse=rec_name))
         width = n
     if not layers:
         raise UnsupportedNode("the graph has no synapse -> neuron layer")

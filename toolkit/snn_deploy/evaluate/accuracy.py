@@ -13,6 +13,7 @@ from snn_deploy.coding import MAX_STEPS, encode
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity
+from snn_deploy.run.emulator import Emulator
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
@@ -72,11 +73,9 @@ def _weights(target: Target, backend: str) -> list[np.ndarray]:
     return [layer.weight for layer in target.require_network().layers]
 
 
-def _run_batch(target: Target, backend: str, x: torch.Tensor, device: str) -> Recording:
-    if backend == "emulator":
-        from snn_deploy.run.emulator import run_emulator
-
-        return run_emulator(target.require_deployment(), x, device=device)
+def _run_batch(target: Target, x: torch.Tensor, emulator: Emulator | None) -> Recording:
+    if emulator is not None:
+        return emulator.run(x)
     if target.checkpoint is not None:
         return run_checkpoint(target, x)
     return run_float(target.require_network(), x).recording
@@ -152,8 +151,12 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
         recording = run_lava_sim(target.require_deployment(), xs.numpy(), on_progress=on_progress)
     else:
         parts, done = [], 0
+        # one Emulator for all batches: recurrent layers carry state from sample to sample, as in
+        # the single Lava run of the lava-sim backend
+        emulator = Emulator(target.require_deployment(), device=device) \
+            if backend == "emulator" else None
         for xb in batches:
-            parts.append(_run_batch(target, backend, xb, device))
+            parts.append(_run_batch(target, xb, emulator))
             events_parts.append((xb != 0).sum(dim=0).to(torch.int64).numpy())
             done += xb.shape[1]
             if on_progress is not None:

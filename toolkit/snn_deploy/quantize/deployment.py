@@ -39,6 +39,17 @@ class LayerStats:
 
 
 @dataclasses.dataclass(frozen=True)
+class RecurrentSynapse:
+    """A Lava ``Dense`` from a layer's spikes back to the same layer (one step late, like any
+    Dense): int32 mantissas (n, n) with their own exponent, sign mode and weight bits."""
+
+    weights: np.ndarray
+    weight_exp: int
+    sign_mode: str
+    num_weight_bits: int
+
+
+@dataclasses.dataclass(frozen=True)
 class QuantLayer:
     """A Lava ``Dense`` (integer weights) feeding a Lava CUBA ``LIF`` population.
 
@@ -61,6 +72,7 @@ class QuantLayer:
     bias_exp: np.ndarray  # int32 (n,)
     scale: float
     stats: LayerStats
+    recurrent: RecurrentSynapse | None = None
 
     @property
     def size(self) -> int:
@@ -115,6 +127,12 @@ def save_deployment(dep: Deployment, path: str | Path) -> None:
             g.create_dataset("weights", data=layer.weights.astype(np.int32))
             g.create_dataset("bias_mant", data=layer.bias_mant.astype(np.int32))
             g.create_dataset("bias_exp", data=layer.bias_exp.astype(np.int32))
+            if layer.recurrent is not None:
+                r = g.create_group("recurrent")
+                r.create_dataset("weights", data=layer.recurrent.weights.astype(np.int32))
+                r.attrs["weight_exp"] = int(layer.recurrent.weight_exp)
+                r.attrs["sign_mode"] = layer.recurrent.sign_mode
+                r.attrs["num_weight_bits"] = int(layer.recurrent.num_weight_bits)
             s = g.create_group("stats")
             for key, value in dataclasses.asdict(layer.stats).items():
                 s.attrs[key] = value
@@ -122,6 +140,16 @@ def save_deployment(dep: Deployment, path: str | Path) -> None:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_recurrent(g: h5py.Group) -> RecurrentSynapse | None:
+    if "recurrent" not in g:
+        return None
+    r = g["recurrent"]
+    return RecurrentSynapse(weights=np.asarray(r["weights"], dtype=np.int32),
+                            weight_exp=int(r.attrs["weight_exp"]),
+                            sign_mode=_text(r.attrs["sign_mode"]),
+                            num_weight_bits=int(r.attrs["num_weight_bits"]))
 
 
 def load_deployment(path: str | Path) -> Deployment:
@@ -158,7 +186,7 @@ def load_deployment(path: str | Path) -> Deployment:
                     sign_mode=_text(g.attrs["sign_mode"]), scale=float(g.attrs["scale"]),
                     bias_mant=np.asarray(g["bias_mant"], dtype=np.int32),
                     bias_exp=np.asarray(g["bias_exp"], dtype=np.int32),
-                    stats=stats,
+                    stats=stats, recurrent=_read_recurrent(g),
                     **{k: int(g.attrs[k]) for k in _LAYER_SCALARS},
                 ))
             dep = Deployment(
@@ -192,6 +220,10 @@ def validate_deployment(dep: Deployment, *, origin: str) -> None:
             raise UserError(f"{where}: bias arrays do not have shape ({n},)")
         if layer.sign_mode not in SIGN_MODES:
             raise UserError(f"{where}: unknown sign mode {layer.sign_mode!r}")
+        rec = layer.recurrent
+        if rec is not None and (rec.weights.shape != (n, n) or rec.sign_mode not in SIGN_MODES):
+            raise UserError(f"{where}: recurrent weights of shape {rec.weights.shape} and sign mode"
+                            f" {rec.sign_mode!r}; expected ({n}, {n}) and one of {SIGN_MODES}")
         if not (0 <= layer.du < p.decay_unity and 0 <= layer.dv < p.decay_unity + 1):
             raise UserError(f"{where}: du={layer.du}, dv={layer.dv} outside the {p.decay_bits}-bit range")
         if not 0 <= layer.vth <= p.vth_max:

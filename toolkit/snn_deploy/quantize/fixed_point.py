@@ -29,7 +29,7 @@ import numpy as np
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork
 from snn_deploy.errors import QuantizationError
 from snn_deploy.profiles import Profile
-from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer
+from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer, RecurrentSynapse
 
 # Share of the 24-bit state range the calibrated peak of |u| may use: the rest is headroom for
 # inputs stronger than the calibration set's (u wraps around on overflow, which is catastrophic).
@@ -100,6 +100,37 @@ def _split_bias(bias_int: np.ndarray, profile: Profile) -> tuple[np.ndarray, np.
     return mant.astype(np.int32), exp, saturated
 
 
+def _full_range(w_eff: np.ndarray, grid: WeightGrid) -> float:
+    """Mantissa units per unit of w_eff that use the grid's range on the larger side."""
+    pos, neg = float(w_eff.max(initial=0.0)), float(-w_eff.min(initial=0.0))
+    return min(grid.high / pos if pos > 0 else math.inf, -grid.low / neg if neg > 0 else math.inf)
+
+
+def _mantissas(w_eff: np.ndarray, grid: WeightGrid, *, scale: float, unit: float
+               ) -> tuple[np.ndarray, int]:
+    """Round ``w_eff * scale / unit`` onto the grid; returns (int32 mantissas, number clipped)."""
+    raw = np.round(w_eff * scale / unit / grid.step) * grid.step
+    saturated = int(np.sum((raw < grid.low) | (raw > grid.high)))
+    return np.clip(raw, grid.low, grid.high).astype(np.int32), saturated
+
+
+def _recurrent(layer: FloatLayer, profile: Profile, gain: np.ndarray, scale: float
+               ) -> tuple[RecurrentSynapse | None, int]:
+    """The recurrent Dense at the layer's scale, with the exponent that fits its mantissas."""
+    if layer.recurrent is None:
+        return None, 0
+    r_eff = gain[:, None] * layer.recurrent
+    sign_mode = sign_mode_of(r_eff)
+    grid = weight_grid(profile, sign_mode)
+    k = _full_range(r_eff, grid)
+    act = profile.activation_shift
+    exp = 0 if math.isinf(k) else int(np.clip(math.ceil(math.log2(scale / k)) - act,
+                                              profile.weight_exp_min, profile.weight_exp_max))
+    weights, saturated = _mantissas(r_eff, grid, scale=scale, unit=2.0**(exp + act))
+    return RecurrentSynapse(weights=weights, weight_exp=exp, sign_mode=sign_mode,
+                            num_weight_bits=profile.num_weight_bits), saturated
+
+
 def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
                    input_scale: int, num_message_bits: int) -> QuantLayer:
     """Quantize one synapse->neuron layer; ``u_peak`` is the peak |u| in float voltage units."""
@@ -121,10 +152,11 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
     w_eff = gain[:, None] * layer.weight / input_scale
     # Per-step voltage bias: v_leak through the leak term, the Affine bias through the current
     # (exact when the current does not persist, its steady state b / (1 - syn_keep) otherwise).
-    bias_v = gain * layer.bias / max(1.0 - syn_keep, 1e-12)
+    bias_in = layer.bias if layer.recurrent_bias is None else layer.bias + layer.recurrent_bias
+    bias_v = gain * bias_in / max(1.0 - syn_keep, 1e-12)
     if spec.leak:
         bias_v = bias_v + mem_gain * spec.v_leak
-    if syn_keep > 0 and np.any(layer.bias != 0):
+    if syn_keep > 0 and np.any(bias_in != 0):
         warnings.warn(
             f"layer {layer.neuron!r}: the Affine bias enters the synaptic current in NIR but the"
             f" voltage on Loihi 2; using its steady state, reached after ~{1 / (1 - syn_keep):.1f}"
@@ -132,8 +164,7 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
         )
     sign_mode = sign_mode_of(w_eff)
     grid = weight_grid(profile, sign_mode)
-    pos, neg = float(w_eff.max(initial=0.0)), float(-w_eff.min(initial=0.0))
-    k = min(grid.high / pos if pos > 0 else math.inf, -grid.low / neg if neg > 0 else math.inf)
+    k = _full_range(w_eff, grid)
     act = profile.activation_shift
     limits = [profile.vth_max * 2.0**profile.threshold_shift / theta]
     if u_peak > 0:
@@ -148,10 +179,8 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
         exp = int(np.clip(math.floor(math.log2(s_limit / k)) - act,
                           profile.weight_exp_min, profile.weight_exp_max))
         scale = min(k * 2.0**(exp + act), s_limit)
-    unit = 2.0**(exp + act)
-    raw = np.round(w_eff * scale / unit / grid.step) * grid.step
-    saturated = int(np.sum((raw < grid.low) | (raw > grid.high)))
-    weights = np.clip(raw, grid.low, grid.high).astype(np.int32)
+    weights, saturated = _mantissas(w_eff, grid, scale=scale, unit=2.0**(exp + act))
+    recurrent, rec_saturated = _recurrent(layer, profile, gain, scale)
     vth_raw = round(theta * scale / 2.0**profile.threshold_shift)
     vth = int(np.clip(vth_raw, 0, profile.vth_max))
     bias_mant, bias_exp, bias_sat = _split_bias(np.round(bias_v * scale), profile)
@@ -159,9 +188,10 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
         synapse=layer.synapse, neuron=layer.neuron, weights=weights, weight_exp=exp,
         sign_mode=sign_mode, num_weight_bits=profile.num_weight_bits,
         num_message_bits=num_message_bits, du=du, dv=dv, vth=vth,
-        bias_mant=bias_mant, bias_exp=bias_exp, scale=float(scale),
+        bias_mant=bias_mant, bias_exp=bias_exp, scale=float(scale), recurrent=recurrent,
         stats=LayerStats(
-            weights_total=int(weights.size), weights_saturated=saturated,
+            weights_total=int(weights.size) + (0 if recurrent is None else recurrent.weights.size),
+            weights_saturated=saturated + rec_saturated,
             threshold_saturated=bool(vth != vth_raw), bias_saturated=bias_sat,
             u_peak_share=float(u_peak * scale / profile.state_max),
         ),
@@ -173,6 +203,8 @@ def u_peak_bound(layer: FloatLayer) -> float:
     spec = layer.spec
     gain = spec.mem_gain * spec.r * spec.w_in
     drive = np.abs(layer.weight).sum(axis=1) + np.abs(layer.bias)
+    if layer.recurrent is not None and layer.recurrent_bias is not None:
+        drive = drive + np.abs(layer.recurrent).sum(axis=1) + np.abs(layer.recurrent_bias)
     return float(np.max(np.abs(gain) * drive / np.maximum(1.0 - spec.syn_keep, 1e-12)))
 
 

@@ -424,6 +424,9 @@ def _export_problems(dep: Deployment) -> list[str]:
     problems = []
     for i, layer in enumerate(dep.layers):
         where = f"layer {i} ({layer.neuron})"
+        if layer.recurrent is not None:
+            problems.append(f"{where}: recurrent weights (this export writes dense layers only)")
+            continue
         w = layer.weights.astype(np.int64)
         e = layer.weight_exp
         try:

@@ -59,47 +59,74 @@ def lava_weights(layer: QuantLayer, *, weight_bits: int = 8) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerConstants:
-    """One layer's integers (as exact float64 where they enter the step loop), on a device."""
+class Synapses:
+    """One fixed-point Dense, on a device: weights on Lava's grid in the matmul dtype."""
 
-    weights: torch.Tensor  # (n_out, n_in) in the matmul dtype
+    weights: torch.Tensor  # (n_out, n_in)
     matmul_dtype: torch.dtype
     weight_exp: int
     graded: bool
-    u_keep: float  # (4096 - du - 1) / 4096, exact in binary
-    v_keep: float  # (4096 - dv) / 4096
-    bias: torch.Tensor  # (n,) float64, bias_mant << bias_exp as Lava computes it
-    vth: float  # vth << 6
-    int32_safe: bool  # the worst-case synaptic input, shifted into u, cannot overflow int32
+    int32_safe: bool  # the worst-case sum, shifted into u, cannot overflow int32
+    peak: float  # worst-case |output| (before the << 6 into u)
 
     @classmethod
-    def of(cls, layer: QuantLayer, dep: Deployment, device: torch.device,
-           max_input: int) -> LayerConstants:
-        p = dep.profile
-        w = lava_weights(layer, weight_bits=p.weight_bits)
+    def of(cls, w: np.ndarray, *, weight_exp: int, graded: bool, profile: Profile,
+           device: torch.device, max_input: int) -> Synapses:
         worst = int(np.abs(w).sum(axis=1).max(initial=0)) * max_input
         # Integer sums are exact in a float type while they stay below its mantissa range; float
         # matmuls have BLAS on CPU, integer ones do not (REFERENCES.md, engineering facts).
         dtype = torch.float32 if worst < 1 << 24 else (
             torch.float64 if worst < 1 << 53 else torch.int64)
+        shifted = worst * 2.0 ** weight_exp
+        return cls(weights=torch.as_tensor(w, dtype=dtype, device=device), matmul_dtype=dtype,
+                   weight_exp=weight_exp, graded=graded,
+                   int32_safe=worst * 2.0 ** (max(weight_exp, 0) + profile.activation_shift) < _INT31,
+                   peak=shifted)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConstants:
+    """One layer's integers (as exact float64 where they enter the step loop), on a device."""
+
+    ff: Synapses
+    rec: Synapses | None
+    u_keep: float  # (4096 - du - 1) / 4096, exact in binary
+    v_keep: float  # (4096 - dv) / 4096
+    bias: torch.Tensor  # (n,) float64, bias_mant << bias_exp as Lava computes it
+    vth: float  # vth << 6
+    size: int
+
+    @classmethod
+    def of(cls, layer: QuantLayer, dep: Deployment, device: torch.device,
+           max_input: int) -> LayerConstants:
+        p = dep.profile
+        ff = Synapses.of(lava_weights(layer, weight_bits=p.weight_bits),
+                         weight_exp=layer.weight_exp, graded=layer.num_message_bits > 0,
+                         profile=p, device=device, max_input=max_input)
+        rec = None
+        if layer.recurrent is not None:
+            r = layer.recurrent
+            rec = Synapses.of(lava_dense_grid(r.weights, sign_mode=r.sign_mode,
+                                              num_weight_bits=r.num_weight_bits,
+                                              weight_bits=p.weight_bits),
+                              weight_exp=r.weight_exp, graded=False, profile=p, device=device,
+                              max_input=1)
         mant = layer.bias_mant.astype(np.int64)
         exp = layer.bias_exp.astype(np.int64)
         bias = np.where(exp >= 0, mant << np.clip(exp, 0, None), mant >> np.clip(-exp, 0, None))
         bias = (bias + (1 << 31)) % (1 << 32) - (1 << 31)  # int32, as in scale_bias
         unity = float(p.decay_unity)
         return cls(
-            weights=torch.as_tensor(w, dtype=dtype, device=device),
-            matmul_dtype=dtype, weight_exp=layer.weight_exp, graded=layer.num_message_bits > 0,
+            ff=ff, rec=rec,
             u_keep=(unity - (layer.du + p.du_offset)) / unity,
             v_keep=(unity - (layer.dv + p.dv_offset)) / unity,
             bias=torch.as_tensor(bias, dtype=torch.float64, device=device),
-            vth=float(layer.vth << p.threshold_shift),
-            int32_safe=worst * 2.0 ** (max(layer.weight_exp, 0) + p.activation_shift) < _INT31,
+            vth=float(layer.vth << p.threshold_shift), size=layer.size,
         )
 
 
-def dense(c: LayerConstants, s: torch.Tensor) -> torch.Tensor:
-    """Synaptic input for a whole sequence at once: (T, B, n_in) -> (T, B, n_out) exact float64."""
+def dense(c: Synapses, s: torch.Tensor) -> torch.Tensor:
+    """Synaptic input of (..., n_in) spikes or levels -> (..., n_out) exact float64."""
     acc = torch.matmul(s.to(c.matmul_dtype), c.weights.T).to(torch.float64)
     if c.int32_safe:  # no wrap can happen below: only the arithmetic shift remains
         return torch.floor(acc / float(1 << -c.weight_exp)) if c.weight_exp < 0 \
@@ -115,51 +142,97 @@ def dense(c: LayerConstants, s: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class LayerTrace:
-    """A layer's spikes, and optionally its u and v, in local time: (T, B, n) each."""
+    """A layer's spikes, and optionally its u and v, in local time: (T, B, n) each.
+
+    ``carry_in`` (B, n) is what each sample's first step received on the recurrent synapse (the
+    spikes of the step before it on Lava's timeline); ``carry_out`` (n,) is the last sample's last
+    step, the next batch's first carry. Both are None for a feed-forward layer.
+    """
 
     spikes: torch.Tensor  # bool
     u: torch.Tensor | None  # int64
     v: torch.Tensor | None  # int64
+    carry_in: torch.Tensor | None = None
+    carry_out: torch.Tensor | None = None
 
 
-def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile,
+@dataclasses.dataclass
+class _Bounds:
+    """What the step loop must check, decided once per layer from worst-case bounds."""
+
+    checked: bool  # u may leave the 24-bit (or int32) range
+    bias_big: bool  # the int32 sum for v may overflow through the bias alone
+
+
+def _bounds(c: LayerConstants, act_peak: float, profile: Profile) -> _Bounds:
+    big = float(profile.state_max)
+    if c.rec is not None:
+        act_peak += c.rec.peak * float(1 << profile.activation_shift)
+    # |u| <= max|act| / (1 - keep) (truncation only shrinks it): when that stays inside the
+    # 24-bit range, no step needs the overflow checks.
+    checked = c.u_keep >= 1.0 or act_peak / (1.0 - c.u_keep) >= big
+    bias_big = bool(_abs_max(c.bias) + 2 * big >= _INT31)
+    return _Bounds(checked=checked, bias_big=bias_big)
+
+
+def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Tensor,
+             bounds: _Bounds, big: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of Lava's fixed-point LIF on exact float64 integers; u and v are updated in place
+    where possible. Returns (u, v, spikes)."""
+    u = torch.trunc(u.mul_(c.u_keep)).add_(act)
+    u_big = False
+    if bounds.checked:
+        lo, hi = torch.aminmax(u)
+        if hi >= _INT31 or lo < -_INT31:  # decayed u + act is an int32 sum in Lava
+            u = wrap_int32(u)
+            lo, hi = torch.aminmax(u)
+        if hi > big or lo <= -big:  # Lava's 24-bit wrap of u: one fold each way, not a modulo
+            u = u - (u > big) * (2 * big) + (u <= -big) * (2 * big)
+            lo, hi = torch.aminmax(u)
+            u_big = bool(hi > big or lo <= -big)  # |u| can stay beyond 24 bits after one fold
+    v = torch.trunc(v.mul_(c.v_keep)).add_(u).add_(c.bias)
+    if u_big or bounds.bias_big:  # only then can the int32 sum for v overflow
+        v = wrap_int32(v)
+    v = v.clamp_(-big + 1, big - 1)
+    z = v > c.vth
+    v.masked_fill_(z, 0.0)
+    return u, v, z
+
+
+def _recurrent_act(c: LayerConstants, a_ff: torch.Tensor, z_prev: torch.Tensor,
+                   shift: float) -> torch.Tensor:
+    assert c.rec is not None
+    a = a_ff + dense(c.rec, z_prev)  # the LIF's input port sums both int32 messages
+    if not (c.ff.int32_safe and c.rec.int32_safe):
+        a = wrap_int32(a)
+        return wrap_int32(a * shift)
+    return a * shift
+
+
+def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, carry: torch.Tensor | None = None,
         record_state: bool = False) -> LayerTrace:
     """CUBA LIF dynamics over (T, B, n) synaptic input (exact float64 integers), from zero state.
 
     All values are integers held exactly in float64: u * (4096 - du - 1) < 2**53, and dividing by
-    4096 then truncating equals Lava's sign(x) * (|x| >> 12).
+    4096 then truncating equals Lava's sign(x) * (|x| >> 12). A recurrent layer's first step
+    receives ``carry`` (B, n) on its recurrent synapse (zeros if None).
     """
     big = float(profile.state_max)
-    act = a_in * float(1 << profile.activation_shift)
-    if not c.int32_safe:
+    shift = float(1 << profile.activation_shift)
+    recurrent = c.rec is not None
+    act = a_in if recurrent else a_in * shift
+    if not recurrent and not c.ff.int32_safe:
         act = wrap_int32(act)
-    # |u| <= max|act| / (1 - keep) (truncation only shrinks it): when that stays inside the
-    # 24-bit range, no step needs the overflow checks below.
-    peak = _abs_max(act)
-    checked = c.u_keep >= 1.0 or peak / (1.0 - c.u_keep) >= big
-    bias_big = bool(c.bias.abs().max() + 2 * big >= _INT31) if c.bias.numel() else False
-    u = torch.zeros_like(act[0])
-    v = torch.zeros_like(act[0])
-    spikes = torch.empty(act.shape, dtype=torch.bool, device=act.device)
+    bounds = _bounds(c, _abs_max(a_in) * shift, profile)
+    u = torch.zeros_like(a_in[0])
+    v = torch.zeros_like(a_in[0])
+    spikes = torch.empty(a_in.shape, dtype=torch.bool, device=a_in.device)
+    z_prev = carry if carry is not None else torch.zeros_like(u, dtype=torch.bool)
     us, vs = [], []
-    for t in range(act.shape[0]):
-        u = torch.trunc(u.mul_(c.u_keep)).add_(act[t])
-        u_big = False
-        if checked:
-            lo, hi = torch.aminmax(u)
-            if hi >= _INT31 or lo < -_INT31:  # decayed u + act is an int32 sum in Lava
-                u = wrap_int32(u)
-                lo, hi = torch.aminmax(u)
-        if checked and (hi > big or lo <= -big):  # Lava's 24-bit wrap of u: one fold each way, not a modulo
-            u = u - (u > big) * (2 * big) + (u <= -big) * (2 * big)
-            lo, hi = torch.aminmax(u)
-            u_big = bool(hi > big or lo <= -big)  # |u| can stay beyond 24 bits after one fold
-        v = torch.trunc(v.mul_(c.v_keep)).add_(u).add_(c.bias)
-        if u_big or bias_big:  # only then can the int32 sum for v overflow
-            v = wrap_int32(v)
-        v = v.clamp_(-big + 1, big - 1)
-        torch.gt(v, c.vth, out=spikes[t])
-        v.masked_fill_(spikes[t], 0.0)
+    for t in range(a_in.shape[0]):
+        act_t = _recurrent_act(c, a_in[t], z_prev, shift) if recurrent else act[t]
+        u, v, z_prev = lif_step(c, u, v, act_t, bounds, big)
+        spikes[t] = z_prev
         if record_state:
             us.append(u.to(torch.int64))
             vs.append(v.to(torch.int64))
@@ -170,8 +243,58 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile,
     )
 
 
+def lif_carried(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, first: torch.Tensor,
+                record_state: bool = False) -> LayerTrace:
+    """A recurrent layer over a batch of samples that follow each other on Lava's timeline.
+
+    Sample b starts with sample b-1's last-step spikes on its recurrent synapse (sample 0 with
+    ``first``). That chain is solved batch-wise by iterating to the fixed point: after pass k the
+    first k samples are exact, and a pass that changes no carry is the exact solution.
+    """
+    batch = a_in.shape[1]
+    carry = torch.zeros(batch, c.size, dtype=torch.bool, device=a_in.device)
+    carry[0] = first
+    for _ in range(batch + 1):
+        trace = lif(c, a_in, profile=profile, carry=carry, record_state=record_state)
+        following = torch.cat([first[None], trace.spikes[-1, :-1]])
+        if torch.equal(following, carry):
+            return dataclasses.replace(trace, carry_in=carry, carry_out=trace.spikes[-1, -1])
+        carry = following
+    raise RuntimeError("the recurrent carry did not converge (a bug: it must within B passes)")
+
+
+def preroll(consts: list[LayerConstants], profile: Profile) -> list[torch.Tensor]:
+    """Each layer's spikes at the step before its first window on a fresh Lava run.
+
+    Layer l (1-based) starts its first window at global step l; during steps 0..l-1 it runs from
+    zero state on its bias and on the (equally early) spikes of the layers before it, and its
+    spikes at step l-1 reach its recurrent synapse at the first step of sample 0.
+    """
+    big = float(profile.state_max)
+    shift = float(1 << profile.activation_shift)
+    device = consts[0].bias.device
+    zeros = [torch.zeros(1, c.size, dtype=torch.bool, device=device) for c in consts]
+    u = [torch.zeros(1, c.size, dtype=torch.float64, device=device) for c in consts]
+    v = [torch.zeros_like(x) for x in u]
+    z_prev, first = list(zeros), list(zeros)
+    for g in range(len(consts)):
+        z_now = list(z_prev)
+        for k, c in enumerate(consts, start=1):
+            if g >= k:  # layer k's windows have begun
+                continue
+            a = dense(c.ff, z_prev[k - 2]) if k > 1 else torch.zeros_like(u[k - 1])
+            act = _recurrent_act(c, a, z_prev[k - 1], shift) if c.rec is not None \
+                else wrap_int32(a * shift)
+            bounds = _Bounds(checked=True, bias_big=True)
+            u[k - 1], v[k - 1], z_now[k - 1] = lif_step(c, u[k - 1], v[k - 1], act, bounds, big)
+            if g == k - 1:
+                first[k - 1] = z_now[k - 1]
+        z_prev = z_now
+    return [f[0] for f in first]
+
+
 def input_levels(dep: Deployment, x: torch.Tensor) -> torch.Tensor:
-    """(T, B, ...) encoded input -> (T, B, n) exact float64 levels as Lava receives them."""
+    """(T, B, ...) encoded input -> (T, B, n) exact levels as Lava receives them."""
     steps, batch = x.shape[0], x.shape[1]
     x = x.reshape(steps, batch, -1)
     if x.shape[2] != dep.input_size:
@@ -179,32 +302,67 @@ def input_levels(dep: Deployment, x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.to(torch.float32) * dep.input_scale)  # levels <= 2**bits: exact
 
 
+def constants(dep: Deployment, device: torch.device, max_input: int) -> list[LayerConstants]:
+    return [LayerConstants.of(layer, dep, device, max(max_input if i == 0 else 1, 1))
+            for i, layer in enumerate(dep.layers)]
+
+
 def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device = "cpu",
-               record_state: bool = False) -> list[LayerTrace]:
-    """Every layer's trace for (T, B, n) encoded input, all samples at once."""
+               record_state: bool = False, first: list[torch.Tensor] | None = None
+               ) -> list[LayerTrace]:
+    """Every layer's trace for (T, B, n) encoded input, all samples at once, as one fresh Lava run
+    would compute them (``first``: the recurrent carries into sample 0, default a fresh run's)."""
     dev = torch.device(device)
     s = input_levels(dep, x).to(dev)
-    max_input = int(_abs_max(s))
+    consts = constants(dep, dev, int(_abs_max(s)))
+    if first is None and any(c.rec is not None for c in consts):
+        first = preroll(constants(dep, dev, dep.input_scale), dep.profile)
     traces = []
-    for layer in dep.layers:
-        c = LayerConstants.of(layer, dep, dev, max(max_input, 1))
-        trace = lif(c, dense(c, s), profile=dep.profile, record_state=record_state)
+    for k, c in enumerate(consts):
+        a_in = dense(c.ff, s)
+        if c.rec is not None and first is not None:
+            trace = lif_carried(c, a_in, profile=dep.profile, first=first[k],
+                                record_state=record_state)
+        else:
+            trace = lif(c, a_in, profile=dep.profile, record_state=record_state)
         traces.append(trace)
-        s, max_input = trace.spikes, 1
+        s = trace.spikes
     return traces
+
+
+class Emulator:
+    """Runs a Deployment batch after batch as one Lava run of all the samples would.
+
+    Feed-forward layers start every sample from zero state. A recurrent layer's first step
+    receives the previous sample's last-step spikes, as on Lava (run/lava_sim.py), so batches
+    must come in order; the carries pass from one ``run`` call to the next.
+    """
+
+    def __init__(self, dep: Deployment, *, device: str | torch.device = "cpu"):
+        self.dep, self.device = dep, torch.device(device)
+        self._first: list[torch.Tensor] | None = None
+
+    def run(self, x: np.ndarray | torch.Tensor) -> Recording:
+        """(T, B, n) input -> Recording, in chunks of ``CHUNK`` samples."""
+        x = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
+        outputs, counts = [], []
+        for start in range(0, x.shape[1], CHUNK):
+            traces = run_layers(self.dep, x[:, start:start + CHUNK], device=self.device,
+                                first=self._first)
+            if any(t.carry_out is not None for t in traces):
+                self._first = [t.carry_out if t.carry_out is not None
+                               else torch.zeros(t.spikes.shape[2], dtype=torch.bool)
+                               for t in traces]
+            outputs.append(traces[-1].spikes.to(torch.uint8).cpu().numpy())
+            counts.append([t.spikes.sum(dim=0).to(torch.int64).cpu().numpy() for t in traces])
+        return Recording(
+            output=np.concatenate(outputs, axis=1),
+            layer_names=tuple(layer.neuron for layer in self.dep.layers),
+            counts=tuple(np.concatenate(c) for c in zip(*counts)),
+        )
 
 
 def run_emulator(dep: Deployment, x: np.ndarray | torch.Tensor, *,
                  device: str | torch.device = "cpu") -> Recording:
-    """Run (T, B, n) input in chunks of ``CHUNK`` samples; the Recording equals lava-sim's."""
-    x = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
-    outputs, counts = [], []
-    for start in range(0, x.shape[1], CHUNK):
-        traces = run_layers(dep, x[:, start:start + CHUNK], device=device)
-        outputs.append(traces[-1].spikes.to(torch.uint8).cpu().numpy())
-        counts.append([t.spikes.sum(dim=0).to(torch.int64).cpu().numpy() for t in traces])
-    return Recording(
-        output=np.concatenate(outputs, axis=1),
-        layer_names=tuple(layer.neuron for layer in dep.layers),
-        counts=tuple(np.concatenate(c) for c in zip(*counts)),
-    )
+    """Run (T, B, n) input as one fresh Lava run would; the Recording equals lava-sim's."""
+    return Emulator(dep, device=device).run(x)

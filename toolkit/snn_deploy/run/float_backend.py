@@ -39,19 +39,27 @@ class LayerParams:
     v_leak: torch.Tensor
     v_threshold: torch.Tensor
     v_reset: torch.Tensor
+    rec: torch.Tensor | None  # (n, n) recurrent weights
+    rec_b: torch.Tensor | None
 
     @classmethod
     def of(cls, layer: FloatLayer) -> LayerParams:
         s = layer.spec
+        rec = None if layer.recurrent is None else _t(layer.recurrent)
+        rec_b = None if layer.recurrent_bias is None else _t(layer.recurrent_bias)
         return cls(w=_t(layer.weight), b=_t(layer.bias), syn_keep=_t(s.syn_keep),
                    gain=_t(s.mem_gain), leak=s.leak, r=_t(s.r), w_in=_t(s.w_in),
-                   v_leak=_t(s.v_leak), v_threshold=_t(s.v_threshold), v_reset=_t(s.v_reset))
+                   v_leak=_t(s.v_leak), v_threshold=_t(s.v_threshold), v_reset=_t(s.v_reset),
+                   rec=rec, rec_b=rec_b)
 
 
-def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One time step of one layer: (input, current, voltage) -> (spikes, current, voltage)."""
-    i = p.syn_keep * i + p.w_in * (x @ p.w.T + p.b)
+def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor,
+               z_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of one layer: (input, current, voltage, last spikes) -> (spikes, current, voltage)."""
+    syn = x @ p.w.T + p.b
+    if p.rec is not None and p.rec_b is not None:
+        syn = syn + z_prev @ p.rec.T + p.rec_b
+    i = p.syn_keep * i + p.w_in * syn
     if p.leak:
         v = v + p.gain * ((p.v_leak - v) + p.r * i)
     else:
@@ -68,13 +76,15 @@ def run_float(net: FloatNetwork, x: torch.Tensor) -> FloatRun:
     current = [torch.zeros(batch, layer.size) for layer in net.layers]
     voltage = [torch.zeros(batch, layer.size) for layer in net.layers]
     counts = [torch.zeros(batch, layer.size) for layer in net.layers]
+    last = [torch.zeros(batch, layer.size) for layer in net.layers]  # spikes of the step before
     peaks = [0.0] * len(net.layers)
     out = []
     with torch.no_grad():
         for t in range(steps):
             z = x[t]
             for k, p in enumerate(params):
-                z, current[k], voltage[k] = layer_step(p, z, current[k], voltage[k])
+                z, current[k], voltage[k] = layer_step(p, z, current[k], voltage[k], last[k])
+                last[k] = z
                 counts[k] += z
                 peaks[k] = max(peaks[k], float((p.gain * p.r * current[k]).abs().max()))
             out.append(z)

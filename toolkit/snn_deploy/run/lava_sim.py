@@ -1,7 +1,8 @@
 """The ``lava-sim`` backend: a Deployment as Lava processes on Lava's CPU simulator.
 
-Process graph: ``RingBuffer`` source -> (``Dense`` -> ``LIFReset``) per layer, each ``LIFReset``
-read by a ``SpikeRecorder`` (run/lava_probes/recorder.py); run with
+Process graph: ``RingBuffer`` source -> (``Dense`` -> ``LIFReset``) per layer (plus a ``Dense``
+from the LIF back to itself for a recurrent layer), each ``LIFReset`` read by a ``SpikeRecorder``
+(run/lava_probes/recorder.py); run with
 ``Loihi2SimCfg(select_tag="fixed_pt")``.
 
 All samples go through one Lava run. Each Dense delays by one step, so layer l (1-based) sees
@@ -10,6 +11,10 @@ first of those steps (``reset_interval = T``, ``reset_offset = l + 1``: Lava cou
 from 1) before adding that step's input, which is the first input of the same sample. No gap
 steps are needed, the stale Dense buffers are never read, and the output of sample s is read from
 steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on error or Ctrl-C.
+
+A recurrent Dense delivers, at a layer's reset step, the layer's own spikes of the step before:
+the last step of the previous sample (for the first sample, of the steps before its first
+window). Lava carries that much state across samples; the emulator reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -99,6 +104,16 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
         )
         port.connect(dense.s_in)
         dense.a_out.connect(lif.a_in)
+        if layer.recurrent is not None:  # the LIF's input port sums both Dense outputs
+            rec = layer.recurrent
+            loop = Dense(
+                weights=rec.weights, weight_exp=rec.weight_exp,
+                num_weight_bits=rec.num_weight_bits, num_message_bits=0,
+                sign_mode=getattr(SignMode, _SIGN_MODE_NAMES[rec.sign_mode]),
+                name=f"dense_rec:{layer.neuron}",
+            )
+            lif.s_out.connect(loop.s_in)
+            loop.a_out.connect(lif.a_in)
         record = record_dir / f"layer{depth}.npy"
         create_record_file(record, steps=total_steps, width=layer.size)
         lif.s_out.connect(SpikeRecorder(shape=(layer.size,), path=str(record)).a_in)

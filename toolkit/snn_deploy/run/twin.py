@@ -8,6 +8,8 @@ selectable shape and width; the width is relative to the threshold, ``x = (v - t
 
 Gradients reach the input (for attacks), and each layer's float ``weights``, ``vth`` and ``bias``
 parameters (for re-tuning); ``quantized()`` gives back the integers the forward pass used.
+Recurrent weights are constants of the twin, and the spikes a recurrent layer carries from the
+previous sample (``run.emulator.LayerTrace.carry_in``) are passed in, detached.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
+from snn_deploy.quantize.fixed_point import lava_dense_grid
 from snn_deploy.run.emulator import lava_weights
 
 _INT31, _INT32 = float(1 << 31), float(1 << 32)
@@ -110,8 +113,33 @@ class EmulatorTwin(torch.nn.Module):
                  "bias": torch.round(self.bias[k].detach()).cpu().numpy().astype(np.int64)}
                 for k in range(len(self.dep.layers))]
 
-    def forward(self, x: torch.Tensor) -> TwinOutput:
-        """(T, B, n) input in [0, 1] (spikes or graded values) -> spikes of every layer."""
+    def _shifted(self, acc: torch.Tensor, weight_exp: int, graded: bool) -> torch.Tensor:
+        """A Dense's summed input after Lava's int32 wraps and its exponent shift."""
+        if graded:
+            acc = _ste(acc, _wrap32)
+        if weight_exp > 0:
+            acc = _ste(acc * float(1 << weight_exp), _wrap32)
+        elif weight_exp < 0:
+            acc = _ste(acc / float(1 << -weight_exp), torch.floor)
+        return _ste(acc, _wrap32)
+
+    def _recurrent(self, k: int) -> tuple[torch.Tensor, int] | None:
+        rec = self.dep.layers[k].recurrent
+        if rec is None:
+            return None
+        grid = torch.as_tensor(lava_dense_grid(rec.weights, sign_mode=rec.sign_mode,
+                                               num_weight_bits=rec.num_weight_bits,
+                                               weight_bits=self.dep.profile.weight_bits),
+                               dtype=torch.float64)
+        return grid, rec.weight_exp
+
+    def forward(self, x: torch.Tensor, carries: list[torch.Tensor | None] | None = None
+                ) -> TwinOutput:
+        """(T, B, n) input in [0, 1] (spikes or graded values) -> spikes of every layer.
+
+        ``carries[k]`` (B, n) is what recurrent layer k's first step receives on its recurrent
+        synapse (``run.emulator.LayerTrace.carry_in``); zeros when not given.
+        """
         p = self.dep.profile
         steps, batch = x.shape[0], x.shape[1]
         x = x.reshape(steps, batch, -1).to(torch.float64)
@@ -122,14 +150,10 @@ class EmulatorTwin(torch.nn.Module):
         s = _ste(x * self.dep.input_scale, torch.round)
         outs = []
         for k, layer in enumerate(self.dep.layers):
-            acc = torch.matmul(s, self._grid_weights(k).T)
-            if layer.num_message_bits > 0:
-                acc = _ste(acc, _wrap32)
-            if layer.weight_exp > 0:
-                acc = _ste(acc * float(1 << layer.weight_exp), _wrap32)
-            elif layer.weight_exp < 0:
-                acc = _ste(acc / float(1 << -layer.weight_exp), torch.floor)
-            act = _ste(_ste(acc, _wrap32) * float(1 << p.activation_shift), _wrap32)
+            ff = self._shifted(torch.matmul(s, self._grid_weights(k).T), layer.weight_exp,
+                               layer.num_message_bits > 0)
+            rec = self._recurrent(k)
+            shift = float(1 << p.activation_shift)
             u_keep = (unity - (layer.du + p.du_offset)) / unity
             v_keep = (unity - (layer.dv + p.dv_offset)) / unity
             theta = _ste(self.vth[k], lambda t: torch.clamp(torch.round(t), 0, p.vth_max))
@@ -138,9 +162,18 @@ class EmulatorTwin(torch.nn.Module):
             bias = _ste(self.bias[k], lambda b: _wrap32(torch.round(b)))
             u = torch.zeros(batch, layer.size, dtype=torch.float64, device=x.device)
             v = torch.zeros_like(u)
+            z_prev = torch.zeros_like(u)
+            carry = carries[k] if carries is not None else None
+            if carry is not None:
+                z_prev = carry.to(torch.float64).detach()
             spikes = []
             for t in range(steps):
-                u = _ste(u * u_keep, torch.trunc) + act[t]
+                a = ff[t]
+                if rec is not None:  # the LIF's input port sums both Dense outputs (int32)
+                    a = _ste(a + self._shifted(torch.matmul(z_prev, rec[0].T), rec[1], False),
+                             _wrap32)
+                act = _ste(a * shift, _wrap32)
+                u = _ste(u * u_keep, torch.trunc) + act
                 u = _ste(u, lambda z: _wrap32(z))
                 u = _ste(u, lambda z: z - (z > big) * (2 * big) + (z <= -big) * (2 * big))
                 v = _ste(v * v_keep, torch.trunc) + u + bias
@@ -148,6 +181,7 @@ class EmulatorTwin(torch.nn.Module):
                 z = _Spike.apply((v - theta) / scale, self.surrogate, self.width)
                 v = v * (1.0 - z.detach())
                 spikes.append(z)
+                z_prev = z
             s = torch.stack(spikes)
             outs.append(s)
         return TwinOutput(layers=tuple(outs))
