@@ -287,7 +287,7 @@ def test_unsupported_layers_are_all_named(tmp_path):
         _dense(3, 4),
         {"type": "pool", "shape": np.array([3, 1, 1])},
         {"type": "conv", "shape": np.array([3, 1, 1]), "weight": np.ones((3, 3, 1, 1, 1))},
-        {**_dense(3, 3, weight_rec=np.ones((3, 3))), "type": "dense_rec"},
+        {**_dense(3, 3), "type": "dense_rec"},  # no weight_rec
         {k: v for k, v in _dense(3, 3).items() if k != "neuron"},
         _dense(3, 3, delay=np.array([0.0, 3.0, 0.0])),
         _dense(3, 3, neuron={"type": "SDNN", "vThMant": 3}),
@@ -297,7 +297,7 @@ def test_unsupported_layers_are_all_named(tmp_path):
     with pytest.raises(UnsupportedNode) as info:
         read_netx(path, profile=load_profile("loihi2"))
     message = str(info.value)
-    for expected in ("layer 2 (pool)", "layer 3 (conv)", "layer 4 (dense_rec)",
+    for expected in ("layer 2 (pool)", "layer 3 (conv)", "layer 4 (dense_rec: no weight_rec)",
                      "layer 5 (dense: no neuron", "layer 6 (dense: synaptic delays up to 3",
                      "layer 7 (dense: SDNN neuron", "layer 8 (average)"):
         assert expected in message
@@ -469,3 +469,26 @@ def test_lava_dl_mnist_net_runs_like_its_import():
     from snn_deploy.run.emulator import run_emulator
 
     np.testing.assert_array_equal(run_emulator(dep, x).output, netx_out)
+
+
+@pytest.mark.slow
+def test_dense_rec_imports_and_runs_like_netx(tmp_path):
+    """A recurrent netx layer (dense_rec): netx's joint weight optimisation, Lava's per-Dense sign
+    modes, and the recurrent Dense wired as netx wires it, spike for spike on Lava."""
+    from snn_deploy.run.emulator import run_emulator
+    from snn_deploy.run.lava_sim import run_lava_sim
+
+    rng = np.random.default_rng(4)
+    rec_layer = {"type": "dense_rec", "shape": np.array([7]),
+                 "weight": rng.integers(-60, 120, (7, 5)).astype(np.float32),
+                 "weight_rec": rng.integers(-80, 80, (7, 7)).astype(np.float32),
+                 "neuron": dict(CUBA)}
+    path = _write_h5(tmp_path / "rec.net", [rec_layer, _dense(3, 7)])
+    dep = read_netx(path, profile=load_profile("loihi2"))
+    assert dep.layers[0].recurrent is not None and dep.layers[0].recurrent.weights.shape == (7, 7)
+    assert dep.layers[0].recurrent.weight_exp == dep.layers[0].weight_exp  # one joint shift
+    x = (rng.random((14, 3, 5)) < 0.5).astype(np.float32)
+    netx_out = _compare_per_sample(dep, path, x)
+    assert netx_out.sum() > 0
+    # and the batched backends agree with each other over consecutive samples
+    np.testing.assert_array_equal(run_emulator(dep, x).output, run_lava_sim(dep, x).output)

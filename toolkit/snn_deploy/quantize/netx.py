@@ -20,7 +20,7 @@ weight matrix with no positive entry whose minimum is -2**k: Lava clips -256 to 
 reproduces netx's parameters exactly, quirks included, and counts the weights netx changed.
 
 What a Deployment cannot hold raises ``UnsupportedNode`` listing every offending layer: conv, pool
-and the other non-dense types, recurrent or complex dense layers, non-zero synaptic delays,
+and the other non-dense types, complex dense layers, non-zero synaptic delays,
 neurons other than CUBA/LOIHI, dense layers without a neuron (netx gives them a non-leaking
 integrator with threshold 131072 that never spikes), and an input layer with a neuron: netx
 builds it as a LIF driven only through its bias (its input port is connected to nothing in
@@ -61,7 +61,13 @@ import numpy as np
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError, UnsupportedNode
 from snn_deploy.fileio import atomic_path
 from snn_deploy.profiles import Profile
-from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer, validate_deployment
+from snn_deploy.quantize.deployment import (
+    Deployment,
+    LayerStats,
+    QuantLayer,
+    RecurrentSynapse,
+    validate_deployment,
+)
 from snn_deploy.quantize.fixed_point import lava_dense_grid, sign_mode_of
 
 # Formats netx's mapping assumes, read in Lava 0.10 and lava-dl 0.6; a profile that differs
@@ -83,7 +89,7 @@ SLAYER_SCALE = float((1 << 6) << LAVA_FORMATS["threshold_shift"])
 DEFAULT_STEPS = 32  # coding steps of a file without simulation/tSample
 FORMAT_TAG = "snn-deploy-netx"  # root attribute of files written by write_netx
 FORMAT_VERSION = 1
-_SUPPORTED_TYPES = ("input", "flatten", "dense")
+_SUPPORTED_TYPES = ("input", "flatten", "dense", "dense_rec")
 _NETX_SIGN_MODES = ("mixed", "excitatory", "inhibitory")
 
 
@@ -110,6 +116,22 @@ def netx_synapse(weight: np.ndarray) -> NetxSynapse:
         ValueError: weights netx cannot load (all zero: it divides by the maximum) or that make
             it shift by a negative count (numpy then returns 0 or -1, not a shifted value).
     """
+    w, shift, num_weight_bits = _netx_optimize(weight)
+    return _lava_synapse(w, weight, shift, num_weight_bits)
+
+
+def netx_recurrent(weight: np.ndarray, weight_rec: np.ndarray) -> tuple[NetxSynapse, NetxSynapse]:
+    """A ``dense_rec`` layer: netx optimizes the two matrices side by side (one shift and one
+    ``num_weight_bits``, netx/hdf5.py create_dense with rec=True); each Lava Dense then picks its
+    own sign mode from its own weights (netx/blocks/process.py RecurrentDense passes none)."""
+    n_in = weight.shape[1]
+    w, shift, num_weight_bits = _netx_optimize(np.hstack([weight, weight_rec]))
+    return (_lava_synapse(w[:, :n_in], weight, shift, num_weight_bits),
+            _lava_synapse(w[:, n_in:], weight_rec, shift, num_weight_bits))
+
+
+def _netx_optimize(weight: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """netx's ``optimize_weight_bits``: (clipped weights, left shift, num_weight_bits)."""
     w = np.asarray(weight, dtype=np.int64)
     max_w, min_w = int(w.max()), int(w.min())
     if max_w > 254 and min_w < 0:  # netx clips mixed matrices, in this order
@@ -131,7 +153,12 @@ def netx_synapse(weight: np.ndarray) -> NetxSynapse:
     if shift < 0:
         raise ValueError(f"weights up to {max_w} (down to {min_w}) make netx shift by {shift}")
     zeros = next((n for n in range(NETX_WEIGHT_BITS, 0, -1) if not np.any(w % (1 << n))), 0)
-    num_weight_bits = NETX_WEIGHT_BITS - shift - (zeros - signed)
+    return w, shift, NETX_WEIGHT_BITS - shift - (zeros - signed)
+
+
+def _lava_synapse(w: np.ndarray, weight: np.ndarray, shift: int, num_weight_bits: int
+                  ) -> NetxSynapse:
+    """Lava's Dense preparation of netx-optimized weights ``w << shift``."""
     shifted = w << shift
     sign_mode = sign_mode_of(shifted)
     grid = lava_dense_grid(shifted, sign_mode=sign_mode, num_weight_bits=num_weight_bits)
@@ -225,10 +252,12 @@ def _layer_problems(layers: h5py.Group, keep: range) -> list[str]:
                             " it only through its bias, not from spikes; import with"
                             f" skip_layers={i + 1} to feed spikes into the next layer, as"
                             " netx.hdf5.Network(skip_layers=...) does)")
-        elif kind == "dense":
+        elif kind in ("dense", "dense_rec"):
             problem = _dense_problem(g)
+            if kind == "dense_rec" and "weight_rec" not in g:
+                problem = "no weight_rec"
             if problem:
-                problems.append(f"layer {i} (dense: {problem})")
+                problems.append(f"layer {i} ({kind}: {problem})")
     return problems
 
 
@@ -271,8 +300,8 @@ def _hinted(g: h5py.Group, syn: NetxSynapse, weight: np.ndarray, bias: np.ndarra
 
 
 def _read_dense(g: h5py.Group, i: int, *, width: int | None, message_bits: int,
-                origin: str) -> QuantLayer:
-    where = f"{origin}: layer {i} (dense)"
+                origin: str, recurrent: bool = False) -> QuantLayer:
+    where = f"{origin}: layer {i} ({'dense_rec' if recurrent else 'dense'})"
     n = int(np.prod(np.asarray(g["shape"][()])))
     weight = _ints(g["weight"], where)
     if weight.ndim == 1:  # netx/hdf5.py create_dense: weight.reshape(shape[0], -1)
@@ -285,25 +314,39 @@ def _read_dense(g: h5py.Group, i: int, *, width: int | None, message_bits: int,
         raise InputFileError(f"{where}: bias of size {bias.size} for {n} neurons")
     bias = np.broadcast_to(bias, (n,)).copy()
     neuron = _read_neuron(g["neuron"], where)
+    rec = rec_syn = None
     try:
-        syn = netx_synapse(weight)
+        if recurrent:
+            weight_rec = _ints(g["weight_rec"], where)
+            weight_rec = weight_rec.reshape(n, -1) if weight_rec.ndim == 1 else weight_rec
+            if weight_rec.shape != (n, n):
+                raise InputFileError(f"{where}: weight_rec of shape {weight_rec.shape}, expected"
+                                     f" ({n}, {n})")
+            syn, rec_syn = netx_recurrent(weight, weight_rec)
+            rec = RecurrentSynapse(weights=rec_syn.weights, weight_exp=rec_syn.weight_exp,
+                                   sign_mode=rec_syn.sign_mode,
+                                   num_weight_bits=rec_syn.num_weight_bits)
+        else:
+            syn = netx_synapse(weight)
     except ValueError as exc:
         raise UnsupportedNode(f"{where}: lava-dl netx cannot load it: {exc}") from None
-    params = _hinted(g, syn, weight, bias, where) or {
+    params = (None if recurrent else _hinted(g, syn, weight, bias, where)) or {
         "weights": syn.weights, "weight_exp": syn.weight_exp,
         "num_weight_bits": syn.num_weight_bits, "sign_mode": syn.sign_mode,
         "bias_mant": bias.astype(np.int32), "bias_exp": np.full(n, NETX_BIAS_EXP, np.int32),
         "scale": SLAYER_SCALE, "synapse": f"dense{i}", "neuron": f"lif{i}",
     }
-    if syn.changed:
-        warnings.warn(f"{where}: netx maps {syn.changed} of {weight.size} weights to other values"
+    changed = syn.changed + (rec_syn.changed if rec_syn is not None else 0)
+    total = int(weight.size) + (rec.weights.size if rec is not None else 0)
+    if changed:
+        warnings.warn(f"{where}: netx maps {changed} of {total} weights to other values"
                       " (its clip to [-256, 254], Lava's to -255 in inhibitory mode); imported as"
                       " netx runs them", stacklevel=2)
     return QuantLayer(
         du=neuron.du, dv=neuron.dv, vth=neuron.vth, num_message_bits=message_bits,
-        stats=LayerStats(weights_total=int(weight.size), weights_saturated=syn.changed,
+        stats=LayerStats(weights_total=total, weights_saturated=changed,
                          threshold_saturated=False, bias_saturated=0, u_peak_share=0.0),
-        **params,
+        recurrent=rec, **params,
     )
 
 
@@ -358,10 +401,10 @@ def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
     indices: list[int] = []
     for i in keep:
         g = layers[str(i)]
-        if _text(g["type"]) == "dense":
+        if _text(g["type"]) in ("dense", "dense_rec"):
             width = quant[-1].size if quant else None
             quant.append(_read_dense(g, i, width=width, message_bits=message_bits,
-                                     origin=str(path)))
+                                     origin=str(path), recurrent=_text(g["type"]) == "dense_rec"))
             indices.append(i)
         message_bits = _message_bits(g, message_bits)
     if not quant:
