@@ -2,11 +2,12 @@
 
     python benchmarks/backends.py [--deployment M.deploy.h5] [--samples 10000]
 
-float and emulator evaluate ``--samples`` samples (the digits test split tiled), streamed in
-batches of 512, after one warm-up run, median of 3; lava-sim evaluates the 360-sample test split
-in one Lava run. Peak memory of the emulator evaluation is measured in a child process
-(ru_maxrss, which includes torch itself).
-Without --deployment, the default model is trained, exported and deployed first (not timed).
+Backend figures time the backend alone on input encoded beforehand (rate coding, T = 32, the
+digits test split tiled to ``--samples``): float and emulator in batches of 512, median of 3 after
+a warm-up; lava-sim on the 360-sample test split in one Lava run. ``evaluate_*`` figures time the
+whole `evaluate` (encoding included). Peak memory of an emulator evaluation of ``--samples``
+samples is measured in a child process (ru_maxrss, which includes torch itself). Without
+--deployment, the default model is trained, exported and deployed first (not timed).
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 from snn_deploy.data import Split, load_dataset  # noqa: E402
-from snn_deploy.evaluate.accuracy import evaluate_target  # noqa: E402
+from snn_deploy.evaluate.accuracy import BATCH, encoded_batches, evaluate_target  # noqa: E402
+from snn_deploy.run.emulator import Emulator  # noqa: E402
+from snn_deploy.run.float_backend import run_float  # noqa: E402
+from snn_deploy.run.lava_sim import run_lava_sim  # noqa: E402
 from snn_deploy.targets import load_target  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,13 +48,13 @@ def tiled(split: Split, n: int) -> Split:
                                y_test=split.y_test.repeat(reps)[:n])
 
 
-def throughput(target, split, backend: str, repeats: int = 1) -> float:
-    """Samples per second of a whole evaluation (encoding included), median over ``repeats``."""
+def median_rate(run: Callable[[], int], repeats: int) -> float:
+    """Samples per second of ``run`` (which returns how many samples it ran), median."""
     rates = []
     for _ in range(repeats):
         started = time.perf_counter()
-        ev = evaluate_target(target, split, backend=backend, seed=0)
-        rates.append(ev.n / (time.perf_counter() - started))
+        n = run()
+        rates.append(n / (time.perf_counter() - started))
     return statistics.median(rates)
 
 
@@ -72,26 +77,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.deployment or prepare(Path(tmp))
         target = load_target(path)
+        dep, net = target.require_deployment(), target.require_network()
+        steps = int(target.coding.get("steps", 32))
         split = load_dataset("digits")
         big = tiled(split, args.samples)
-        throughput(target, big, "emulator")  # warm-up: first-touch memory, thread pools
-        emu = throughput(target, big, "emulator", repeats=3)
-        flt = throughput(target, big, "float", repeats=3)
-        lava = throughput(target, split, "lava-sim")
+        batches = list(encoded_batches(big.x_test, encoding="rate", steps=steps, seed=0))
+        small = torch.cat(list(encoded_batches(split.x_test, encoding="rate", steps=steps, seed=0)),
+                          dim=1)
+
+        def emulate() -> int:
+            emulator = Emulator(dep)
+            for xb in batches:
+                emulator.run(xb)
+            return args.samples
+
+        def float_run() -> int:
+            for xb in batches:
+                run_float(net, xb)
+            return args.samples
+
+        emulate()  # warm-up: first-touch memory, thread pools
+        emu = median_rate(emulate, 3)
+        flt = median_rate(float_run, 3)
+        lava = median_rate(lambda: run_lava_sim(dep, small.numpy()).batch, 1)
+        evaluate = {backend: median_rate(
+            lambda b=backend: evaluate_target(target, big, backend=b, seed=0).n, 3)
+            for backend in ("float", "emulator")}
         mem = subprocess.run([sys.executable, __file__, "--child-memory", "--deployment", str(path),
                               "--samples", str(args.samples)], capture_output=True, text=True,
                              check=True)
         peak = json.loads(mem.stdout.strip().splitlines()[-1])["peak_memory_gb"]
     out = {
         "benchmark": "backends",
-        "steps": target.coding.get("steps"),
-        "layers": "-".join(str(s) for s in [target.deployment.input_size,
-                                            *(layer.size for layer in target.deployment.layers)]),
+        "steps": steps, "batch": BATCH,
+        "layers": "-".join(str(s) for s in [dep.input_size, *(layer.size for layer in dep.layers)]),
         "emulator_samples_per_s": round(emu, 1),
         "float_samples_per_s": round(flt, 1),
         "lava_sim_samples_per_s": round(lava, 2),
         "emulator_over_lava_sim": round(emu / lava, 1),
         "emulator_time_over_float": round(flt / emu, 2),
+        "evaluate_emulator_samples_per_s": round(evaluate["emulator"], 1),
+        "evaluate_float_samples_per_s": round(evaluate["float"], 1),
         "emulator_peak_memory_gb": round(peak, 3),
         "samples_streamed": args.samples,
         "targets": TARGETS,

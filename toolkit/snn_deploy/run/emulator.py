@@ -162,6 +162,8 @@ class _Bounds:
 
     checked: bool  # u may leave the 24-bit (or int32) range
     bias_big: bool  # the int32 sum for v may overflow through the bias alone
+    has_bias: bool
+    clamp_v: bool  # v may reach its saturation limits
 
 
 def _bounds(c: LayerConstants, act_peak: float, profile: Profile) -> _Bounds:
@@ -171,15 +173,19 @@ def _bounds(c: LayerConstants, act_peak: float, profile: Profile) -> _Bounds:
     # |u| <= max|act| / (1 - keep) (truncation only shrinks it): when that stays inside the
     # 24-bit range, no step needs the overflow checks.
     checked = c.u_keep >= 1.0 or act_peak / (1.0 - c.u_keep) >= big
-    bias_big = bool(_abs_max(c.bias) + 2 * big >= _INT31)
-    return _Bounds(checked=checked, bias_big=bias_big)
+    bias = _abs_max(c.bias)
+    bias_big = bool(bias + 2 * big >= _INT31)
+    # likewise |v| <= (max|u| + max|bias|) / (1 - v_keep) while u stays in range
+    clamp_v = checked or c.v_keep >= 1.0 or \
+        (act_peak / (1.0 - c.u_keep) + bias) / (1.0 - c.v_keep) >= big - 1
+    return _Bounds(checked=checked, bias_big=bias_big, has_bias=bias > 0, clamp_v=clamp_v)
 
 
 def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Tensor,
              bounds: _Bounds, big: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of Lava's fixed-point LIF on exact float64 integers; u and v are updated in place
     where possible. Returns (u, v, spikes)."""
-    u = torch.trunc(u.mul_(c.u_keep)).add_(act)
+    u = u.mul_(c.u_keep).trunc_().add_(act)
     u_big = False
     if bounds.checked:
         lo, hi = torch.aminmax(u)
@@ -190,10 +196,13 @@ def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Ten
             u = u - (u > big) * (2 * big) + (u <= -big) * (2 * big)
             lo, hi = torch.aminmax(u)
             u_big = bool(hi > big or lo <= -big)  # |u| can stay beyond 24 bits after one fold
-    v = torch.trunc(v.mul_(c.v_keep)).add_(u).add_(c.bias)
+    v = v.mul_(c.v_keep).trunc_().add_(u)
+    if bounds.has_bias:
+        v = v.add_(c.bias)
     if u_big or bounds.bias_big:  # only then can the int32 sum for v overflow
         v = wrap_int32(v)
-    v = v.clamp_(-big + 1, big - 1)
+    if bounds.clamp_v:
+        v = v.clamp_(-big + 1, big - 1)
     z = v > c.vth
     v.masked_fill_(z, 0.0)
     return u, v, z
@@ -285,7 +294,7 @@ def preroll(consts: list[LayerConstants], profile: Profile) -> list[torch.Tensor
             a = dense(c.ff, z_prev[k - 2]) if k > 1 else torch.zeros_like(u[k - 1])
             act = _recurrent_act(c, a, z_prev[k - 1], shift) if c.rec is not None \
                 else wrap_int32(a * shift)
-            bounds = _Bounds(checked=True, bias_big=True)
+            bounds = _Bounds(checked=True, bias_big=True, has_bias=True, clamp_v=True)
             u[k - 1], v[k - 1], z_now[k - 1] = lif_step(c, u[k - 1], v[k - 1], act, bounds, big)
             if g == k - 1:
                 first[k - 1] = z_now[k - 1]
