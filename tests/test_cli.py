@@ -581,3 +581,42 @@ def test_output_folder_is_a_file(work: Work) -> None:
     proc = work.run("evaluate", path, "--limit", 3, "--json", blocker / "r.json")
     assert_bad_input(proc, "blocker")
     assert _listing(work.out) == ["blocker"]
+
+
+# --------------------------------------------------------------------------------------------
+# import-netx and deploy --netx
+
+
+def test_import_netx_refuses_a_corrupt_file(work: Work) -> None:
+    path = work.inp / "bad.net"
+    path.write_bytes(os.urandom(300))
+    proc = work.run("import-netx", path, "--out", work.out / "m.deploy.h5")
+    assert_bad_input(proc, "bad.net")
+    work.assert_clean()
+
+
+def test_import_netx_names_an_unsupported_layer(work: Work) -> None:
+    import h5py
+
+    path = work.inp / "conv.net"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("layer/0")
+        g.create_dataset("type", data=np.array([b"conv"]))
+        g.create_dataset("shape", data=np.array([4, 4, 2]))
+    proc = work.run("import-netx", path, "--out", work.out / "m.deploy.h5")
+    assert_bad_input(proc, "layer 0 (conv)")
+    work.assert_clean()
+
+
+@pytest.mark.slow
+def test_deploy_netx_needs_exponent_zero_and_writes_nothing_otherwise(model: Model, work: Work) -> None:
+    proc = work.run("deploy", model.nir, "--dataset", "digits", "--out", work.out / "m.deploy.h5",
+                    "--netx", work.out / "m.net")
+    assert_bad_input(proc, "netx")
+    work.assert_clean()
+    ok = work.run("deploy", model.nir, "--profile", "loihi2-netx", "--dataset", "digits",
+                  "--out", work.out / "m.deploy.h5", "--netx", work.out / "m.net")
+    assert_ok(ok)
+    back = work.run("import-netx", work.out / "m.net", "--out", work.out / "back.deploy.h5")
+    assert_ok(back)
+    assert _listing(work.out) == ["back.deploy.h5", "m.deploy.h5", "m.net"]
