@@ -12,30 +12,21 @@ import multiprocessing
 import numpy as np
 import pytest
 import torch
-from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
+from snn_deploy.convert.nirgraph import FloatNetwork
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.fixed_point import quantize_network
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.lava_sim import run_lava_sim
 from snn_deploy.targets import load_target
 
+from tests.factories import random_network
+
 pytestmark = pytest.mark.slow
 DT = 1e-3
 
 
 def _random_network(sizes, *, seed, theta=1.0) -> FloatNetwork:
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        full = lambda v: np.full(n_out, float(v))  # noqa: E731
-        spec = NeuronSpec(kind="CubaLIF", syn_keep=full(0.8), mem_gain=full(0.1), leak=True,
-                          r=full(1), w_in=full(1), v_leak=full(0), v_threshold=full(theta),
-                          v_reset=full(0))
-        weight = rng.normal(0.4, 1.0, size=(n_out, n_in)) * 6 / np.sqrt(n_in)
-        layers.append(FloatLayer(synapse=f"fc{i}", neuron=f"lif{i}", weight=weight,
-                                 bias=np.zeros(n_out), spec=spec))
-    return FloatNetwork(dt=DT, input_size=sizes[0], layers=tuple(layers),
-                        coding={"encoding": "rate", "steps": 9})
+    return random_network(sizes, seed=seed, theta=theta)
 
 
 def _deploy(network, *, graded=False):

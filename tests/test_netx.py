@@ -25,12 +25,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from snn_deploy import api
-from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
+from snn_deploy.convert.nirgraph import FloatNetwork
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError, UnsupportedNode
 from snn_deploy.profiles import load_profile, parse_profile
 from snn_deploy.quantize.deployment import save_deployment
 from snn_deploy.quantize.fixed_point import quantize_network
 from snn_deploy.quantize.netx import netx_synapse, read_netx, write_netx
+
+from tests.factories import random_network
 
 LAVA_DL_NETS = Path(sysconfig.get_paths()["purelib"]) / "tests" / "lava" / "lib" / "dl" / "netx"
 INTEGER_FIELDS = ("weight_exp", "num_weight_bits", "sign_mode", "num_message_bits", "du", "dv",
@@ -57,18 +59,7 @@ def netx_profile(netx_profile_path):
 
 
 def _network(sizes, *, seed, mean=0.25, theta=1.0) -> FloatNetwork:
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        full = lambda v: np.full(n_out, float(v))  # noqa: E731
-        spec = NeuronSpec(kind="CubaLIF", syn_keep=full(0.8), mem_gain=full(0.1), leak=True,
-                          r=full(1), w_in=full(1), v_leak=full(0), v_threshold=full(theta),
-                          v_reset=full(0))
-        weight = rng.normal(mean, 1.0, size=(n_out, n_in)) * 6 / np.sqrt(n_in)
-        layers.append(FloatLayer(synapse=f"fc{i}", neuron=f"lif{i}", weight=weight,
-                                 bias=np.zeros(n_out), spec=spec))
-    return FloatNetwork(dt=1e-3, input_size=sizes[0], layers=tuple(layers),
-                        coding={"encoding": "rate", "steps": 12})
+    return random_network(sizes, seed=seed, mean=mean, theta=theta, steps=12)
 
 
 def _deploy(profile, sizes=(12, 9, 6, 4), *, seed=0, graded=False):
