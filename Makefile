@@ -24,8 +24,9 @@ demo: setup
 	$(BIN)/snn-deploy export $(OUT)/digits.pt --out $(OUT)/digits.nir
 	$(BIN)/snn-deploy deploy $(OUT)/digits.nir --profile loihi2 --dataset digits --out $(OUT)/digits.deploy.h5
 	$(BIN)/snn-deploy evaluate $(OUT)/digits.nir --backend float --seed $(SEED) --json $(OUT)/float.json
+	$(BIN)/snn-deploy evaluate $(OUT)/digits.deploy.h5 --backend emulator --seed $(SEED) --json $(OUT)/emulator.json
 	$(BIN)/snn-deploy evaluate $(OUT)/digits.deploy.h5 --backend lava-sim --seed $(SEED) --json $(OUT)/lava-sim.json
-	$(BIN)/snn-deploy compare $(OUT)/float.json $(OUT)/lava-sim.json
+	$(BIN)/snn-deploy compare $(OUT)/float.json $(OUT)/emulator.json $(OUT)/lava-sim.json
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
