@@ -189,10 +189,7 @@ def test_emulator_equals_lava_when_u_leaves_the_24_bit_range():
     assert traces[0].u.abs().max() > 2**30
 
 
-def test_recurrent_carry_from_sample_to_sample_matches_lava():
-    """A recurrent layer receives the previous sample's last-step spikes at its reset step (and,
-    for sample 0, the spikes its bias caused before its first window): the emulator follows."""
-    rng = np.random.default_rng(11)
+def _recurrent_deployment(rng) -> Deployment:
     hidden = QuantLayer(
         synapse="a", neuron="A", weights=rng.integers(-100, 250, (6, 4)).astype(np.int32),
         weight_exp=1, sign_mode="mixed", num_weight_bits=8, num_message_bits=0, du=800, dv=600,
@@ -207,8 +204,35 @@ def test_recurrent_carry_from_sample_to_sample_matches_lava():
         scale=1.0, stats=NO_STATS,
         recurrent=RecurrentSynapse(weights=np.full((3, 3), 120, np.int32), weight_exp=1,
                                    sign_mode="excitatory", num_weight_bits=8))
-    dep = Deployment(profile=PROFILE, layers=(hidden, out), input_size=4, input_scale=1, dt=1e-3,
-                     coding={}, source_sha256="", source_nir=b"", calibration="")
+    return Deployment(profile=PROFILE, layers=(hidden, out), input_size=4, input_scale=1, dt=1e-3,
+                      coding={}, source_sha256="", source_nir=b"", calibration="")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_recurrent_preroll_with_short_samples_matches_lava(steps):
+    """With T <= depth, LIFReset also fires before a layer's first window (found by hypothesis):
+    here the last layer's bias alone reaches threshold on its second step without a reset."""
+    def layer(name, n_in, n, *, bias=0, vth=1000, rec=None):
+        return QuantLayer(
+            synapse=name, neuron=name.upper(), weights=np.zeros((n, n_in), np.int32), weight_exp=0,
+            sign_mode="mixed", num_weight_bits=8, num_message_bits=0, du=100, dv=0, vth=vth,
+            bias_mant=np.full(n, bias, np.int32), bias_exp=np.full(n, 6, np.int32), scale=1.0,
+            stats=NO_STATS, recurrent=rec)
+    loop = RecurrentSynapse(weights=np.array([[0, 200], [200, 0]], np.int32), weight_exp=3,
+                            sign_mode="excitatory", num_weight_bits=8)
+    dep = Deployment(profile=PROFILE, layers=(layer("a", 3, 3), layer("b", 3, 3),
+                                              layer("c", 3, 2, bias=100, vth=150, rec=loop)),
+                     input_size=3, input_scale=1, dt=1e-3, coding={}, source_sha256="",
+                     source_nir=b"", calibration="")
+    x = np.zeros((steps, 3, 3), np.float32)
+    assert_equal_to_lava(dep, x)
+
+
+def test_recurrent_carry_from_sample_to_sample_matches_lava():
+    """A recurrent layer receives the previous sample's last-step spikes at its reset step (and,
+    for sample 0, the spikes its bias caused before its first window): the emulator follows."""
+    rng = np.random.default_rng(11)
+    dep = _recurrent_deployment(rng)
     x = (rng.random((5, 6, 4)) < 0.5).astype(np.float32)
     assert assert_equal_to_lava(dep, x) > 10
     traces = run_layers(dep, torch.from_numpy(x))

@@ -272,12 +272,13 @@ def lif_carried(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, firs
     raise RuntimeError("the recurrent carry did not converge (a bug: it must within B passes)")
 
 
-def preroll(consts: list[LayerConstants], profile: Profile) -> list[torch.Tensor]:
+def preroll(consts: list[LayerConstants], profile: Profile, steps: int) -> list[torch.Tensor]:
     """Each layer's spikes at the step before its first window on a fresh Lava run.
 
     Layer l (1-based) starts its first window at global step l; during steps 0..l-1 it runs from
-    zero state on its bias and on the (equally early) spikes of the layers before it, and its
-    spikes at step l-1 reach its recurrent synapse at the first step of sample 0.
+    zero state on its bias and on the (equally early) spikes of the layers before it, reset by
+    LIFReset whenever l - g is a multiple of T, and its spikes at step l-1 reach its recurrent
+    synapse at the first step of sample 0.
     """
     big = float(profile.state_max)
     shift = float(1 << profile.activation_shift)
@@ -291,6 +292,9 @@ def preroll(consts: list[LayerConstants], profile: Profile) -> list[torch.Tensor
         for k, c in enumerate(consts, start=1):
             if g >= k:  # layer k's windows have begun
                 continue
+            if (k - g) % steps == 0:  # LIFReset: time_step % T == (k + 1) % T, time_step = g + 1
+                u[k - 1] = torch.zeros_like(u[k - 1])
+                v[k - 1] = torch.zeros_like(v[k - 1])
             a = dense(c.ff, z_prev[k - 2]) if k > 1 else torch.zeros_like(u[k - 1])
             act = _recurrent_act(c, a, z_prev[k - 1], shift) if c.rec is not None \
                 else wrap_int32(a * shift)
@@ -325,7 +329,7 @@ def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device =
     s = input_levels(dep, x).to(dev)
     consts = constants(dep, dev, int(_abs_max(s)))
     if first is None and any(c.rec is not None for c in consts):
-        first = preroll(constants(dep, dev, dep.input_scale), dep.profile)
+        first = preroll(constants(dep, dev, dep.input_scale), dep.profile, steps=s.shape[0])
     traces = []
     for k, c in enumerate(consts):
         a_in = dense(c.ff, s)
