@@ -77,7 +77,7 @@ class Synapses:
         # matmuls have BLAS on CPU, integer ones do not (REFERENCES.md, engineering facts).
         dtype = torch.float32 if worst < 1 << 24 else (
             torch.float64 if worst < 1 << 53 else torch.int64)
-        shifted = worst * 2.0 ** weight_exp
+        shifted = worst * 2.0 ** weight_exp + (1 if weight_exp < 0 else 0)  # floor: one more
         return cls(weights=torch.as_tensor(w, dtype=dtype, device=device), matmul_dtype=dtype,
                    weight_exp=weight_exp, graded=graded,
                    int32_safe=worst * 2.0 ** (max(weight_exp, 0) + profile.activation_shift) < _INT31,
