@@ -182,9 +182,10 @@ def _bounds(c: LayerConstants, act_peak: float, profile: Profile) -> _Bounds:
 
 
 def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Tensor,
-             bounds: _Bounds, big: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             bounds: _Bounds, big: float, out: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of Lava's fixed-point LIF on exact float64 integers; u and v are updated in place
-    where possible. Returns (u, v, spikes)."""
+    where possible, the spikes written into ``out`` when given. Returns (u, v, spikes)."""
     u = u.mul_(c.u_keep).trunc_().add_(act)
     u_big = False
     if bounds.checked:
@@ -203,7 +204,7 @@ def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Ten
         v = wrap_int32(v)
     if bounds.clamp_v:
         v = v.clamp_(-big + 1, big - 1)
-    z = v > c.vth
+    z = torch.gt(v, c.vth, out=out) if out is not None else v > c.vth
     v.masked_fill_(z, 0.0)
     return u, v, z
 
@@ -240,8 +241,7 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, carry: torch
     us, vs = [], []
     for t in range(a_in.shape[0]):
         act_t = _recurrent_act(c, a_in[t], z_prev, shift) if recurrent else act[t]
-        u, v, z_prev = lif_step(c, u, v, act_t, bounds, big)
-        spikes[t] = z_prev
+        u, v, z_prev = lif_step(c, u, v, act_t, bounds, big, out=spikes[t])
         if record_state:
             us.append(u.to(torch.int64))
             vs.append(v.to(torch.int64))
