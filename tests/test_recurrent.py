@@ -80,3 +80,18 @@ def test_the_recurrent_synapse_matters(recurrent_nir, tmp_path):
                                            dep.layers[1]))
     x = (np.random.default_rng(2).random((20, 3, 8)) < 0.4).astype(np.float32)
     assert not np.array_equal(run_lava_sim(dep, x).counts[0], run_lava_sim(cut, x).counts[0])
+
+
+def test_recurrent_synapses_count_as_synaptic_operations():
+    from snn_deploy.evaluate.counts import activity
+    from snn_deploy.run.recording import Recording
+
+    rec = Recording(output=np.zeros((1, 1, 2), np.uint8), layer_names=("a", "b"),
+                    counts=(np.array([[3, 0, 1]]), np.array([[0, 0]])))
+    weights = [np.ones((3, 4)), np.array([[1, 0, 2], [0, 0, 1]])]
+    loop = np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0]])  # fan-out of each source: 1, 1, 1
+    plain = activity(rec, np.array([[1, 0, 0, 2]]), weights)
+    looped = activity(rec, np.array([[1, 0, 0, 2]]), weights, [loop, None])
+    # input: 3 events x fan-out 3; layer a: 3 spikes x 1 + 1 spike x 2; its loop: 4 spikes x 1
+    assert plain.synops_per_sample == 3 * 3 + 3 * 1 + 1 * 2
+    assert looped.synops_per_sample == plain.synops_per_sample + 4

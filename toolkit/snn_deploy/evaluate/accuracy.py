@@ -73,6 +73,15 @@ def _weights(target: Target, backend: str) -> list[np.ndarray]:
     return [layer.weight for layer in target.require_network().layers]
 
 
+def _recurrent_weights(target: Target, backend: str) -> list[np.ndarray | None]:
+    if backend in DEPLOYED_BACKENDS:
+        return [None if layer.recurrent is None else layer.recurrent.weights
+                for layer in target.require_deployment().layers]
+    if target.checkpoint is not None:
+        return []
+    return [layer.recurrent for layer in target.require_network().layers]
+
+
 def _run_batch(target: Target, x: torch.Tensor, emulator: Emulator | None) -> Recording:
     if emulator is not None:
         return emulator.run(x)
@@ -169,7 +178,8 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
     return Evaluation(
         backend=backend, n=int(len(y)), steps=steps, encoding=encoding, seed=seed,
         accuracy=float((predictions == y.numpy()).mean()),
-        predictions=predictions, activity=activity(recording, events, weights),
+        predictions=predictions,
+        activity=activity(recording, events, weights, _recurrent_weights(target, backend)),
         layer_names=recording.layer_names,
         layer_sizes=tuple(int(c.shape[1]) for c in recording.counts),
         wall_time_s=wall,

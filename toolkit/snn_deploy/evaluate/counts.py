@@ -30,18 +30,24 @@ def fan_out(weight_matrices: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def activity(recording: Recording, input_events: np.ndarray,
-             weight_matrices: list[np.ndarray]) -> ActivityCounts:
+             weight_matrices: list[np.ndarray],
+             recurrent: list[np.ndarray | None] | None = None) -> ActivityCounts:
     """Count spikes and synaptic operations.
 
     Args:
         recording: the backend's output.
         input_events: (B, n_in) number of non-zero input events per input channel and sample.
         weight_matrices: (n_out, n_in) weights of each layer, input side first.
+        recurrent: per layer, its (n, n) recurrent weights or None; a spike also travels over
+            the non-zero recurrent synapses of its own layer.
     """
     fo = fan_out(weight_matrices)
     per_sample = input_events @ fo[0]
     for counts, fan in zip(recording.counts, fo[1:]):
         per_sample = per_sample + counts @ fan
+    for counts, rec in zip(recording.counts, recurrent or []):
+        if rec is not None:
+            per_sample = per_sample + counts @ np.count_nonzero(rec, axis=0)
     spikes = sum(c.sum(axis=1) for c in recording.counts)
     return ActivityCounts(
         spikes_per_sample=float(np.mean(spikes)),
