@@ -66,7 +66,7 @@ def run(model: str | Path, *, input_path: str | Path, backend: str, device: str 
 
     Binary-spike deployments take only 0/1 values; graded (direct-coded) ones values in [0, 1].
     """
-    from snn_deploy.evaluate.accuracy import DEPLOYED_BACKENDS, check_backend
+    from snn_deploy.evaluate.accuracy import check_backend, run_backend
     from snn_deploy.targets import load_target
 
     target = load_target(model, dt=dt)
@@ -88,20 +88,7 @@ def run(model: str | Path, *, input_path: str | Path, backend: str, device: str 
         raise UserError(f"{input_path}: graded input must lie in [0, 1], got"
                         f" {x3.min():.4g}..{x3.max():.4g}")
     xt = torch.from_numpy(np.ascontiguousarray(x3, dtype=np.float32))
-    if backend == "lava-sim":
-        from snn_deploy.run.lava_sim import run_lava_sim
-
-        out = run_lava_sim(target.require_deployment(), xt.numpy()).output
-    elif backend in DEPLOYED_BACKENDS:
-        from snn_deploy.run.emulator import run_emulator
-
-        out = run_emulator(target.require_deployment(), xt, device=device).output
-    elif target.checkpoint is not None:
-        from snn_deploy.evaluate.accuracy import run_checkpoint
-
-        out = run_checkpoint(target, xt).output
-    else:
-        out = run_float(target.require_network(), xt).recording.output
+    out = run_backend(target, backend, [xt], device=device).output
     return RunResult(output=out[:, 0] if single else out, samples=x3.shape[1], steps=x3.shape[0])
 
 

@@ -202,8 +202,6 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, json_out) 
     from snn_deploy.evaluate.report import evaluation_report, write_json
     from snn_deploy.targets import load_target
 
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be >= 1, got {limit}")
     if json_out:
         check_writable(json_out)
     target = load_target(model, dt=dt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -65,29 +65,47 @@ def run_checkpoint(target: Target, x: torch.Tensor) -> Recording:
                      counts=tuple(counts))
 
 
-def _weights(target: Target, backend: str) -> list[np.ndarray]:
+def _synapses(target: Target, backend: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """The weights the backend runs: per layer, feed-forward and recurrent (or None)."""
     if backend in DEPLOYED_BACKENDS:
-        return [layer.weights for layer in target.require_deployment().layers]
+        layers = target.require_deployment().layers
+        return ([layer.weights for layer in layers],
+                [None if layer.recurrent is None else layer.recurrent.weights for layer in layers])
     if target.checkpoint is not None:
-        return [m.weight.detach().numpy() for m in list(target.checkpoint.net)[::2]]
-    return [layer.weight for layer in target.require_network().layers]
+        return [m.weight.detach().numpy() for m in list(target.checkpoint.net)[::2]], []
+    layers_f = target.require_network().layers
+    return [layer.weight for layer in layers_f], [layer.recurrent for layer in layers_f]
 
 
-def _recurrent_weights(target: Target, backend: str) -> list[np.ndarray | None]:
-    if backend in DEPLOYED_BACKENDS:
-        return [None if layer.recurrent is None else layer.recurrent.weights
-                for layer in target.require_deployment().layers]
-    if target.checkpoint is not None:
-        return []
-    return [layer.recurrent for layer in target.require_network().layers]
+def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *,
+                device: str = "cpu", total: int | None = None,
+                on_progress: Progress | None = None) -> Recording:
+    """Run consecutive (T, B, n) input batches on a backend, as one stream of samples.
 
+    float and emulator take the batches one by one (bounded memory; one Emulator for all of them,
+    so recurrent layers carry state from sample to sample as in the single Lava run); lava-sim
+    runs all samples in one Lava run.
+    """
+    check_backend(target, backend)
+    if backend == "lava-sim":
+        from snn_deploy.run.lava_sim import run_lava_sim
 
-def _run_batch(target: Target, x: torch.Tensor, emulator: Emulator | None) -> Recording:
-    if emulator is not None:
-        return emulator.run(x)
-    if target.checkpoint is not None:
-        return run_checkpoint(target, x)
-    return run_float(target.require_network(), x).recording
+        xs = torch.cat(list(batches), dim=1)
+        return run_lava_sim(target.require_deployment(), xs.numpy(), on_progress=on_progress)
+    emulator = Emulator(target.require_deployment(), device=device) \
+        if backend == "emulator" else None
+    parts, done = [], 0
+    for xb in batches:
+        if emulator is not None:
+            parts.append(emulator.run(xb))
+        elif target.checkpoint is not None:
+            parts.append(run_checkpoint(target, xb))
+        else:
+            parts.append(run_float(target.require_network(), xb).recording)
+        done += xb.shape[1]
+        if on_progress is not None:
+            on_progress(done, total if total is not None else done)
+    return _concat(parts)
 
 
 def _concat(parts: list[Recording]) -> Recording:
@@ -149,37 +167,25 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
             f"{backend} holds {held} samples x {steps} steps of encoded input at once: that needs"
             f" {gigabytes:.1f} GB (limit {MAX_INPUT_GB} GB); use --limit or fewer --steps"
         )
-    batches = encoded_batches(x, encoding=encoding, steps=steps, seed=seed)
-    started = time.perf_counter()
-    events_parts: list[np.ndarray] = []
-    if backend == "lava-sim":
-        from snn_deploy.run.lava_sim import run_lava_sim
+    events_parts: list[np.ndarray] = []  # non-zero input events per sample and channel
 
-        xs = torch.cat(list(batches), dim=1)
-        events_parts.append((xs != 0).sum(dim=0).to(torch.int64).numpy())
-        recording = run_lava_sim(target.require_deployment(), xs.numpy(), on_progress=on_progress)
-    else:
-        parts, done = [], 0
-        # one Emulator for all batches: recurrent layers carry state from sample to sample, as in
-        # the single Lava run of the lava-sim backend
-        emulator = Emulator(target.require_deployment(), device=device) \
-            if backend == "emulator" else None
-        for xb in batches:
-            parts.append(_run_batch(target, xb, emulator))
+    def counted() -> Iterator[torch.Tensor]:
+        for xb in encoded_batches(x, encoding=encoding, steps=steps, seed=seed):
             events_parts.append((xb != 0).sum(dim=0).to(torch.int64).numpy())
-            done += xb.shape[1]
-            if on_progress is not None:
-                on_progress(done, len(x))
-        recording = _concat(parts)
+            yield xb
+
+    started = time.perf_counter()
+    recording = run_backend(target, backend, counted(), device=device, total=len(x),
+                            on_progress=on_progress)
     wall = time.perf_counter() - started
     predictions = recording.output.astype(np.int64).sum(axis=0).argmax(axis=1)
     events = np.concatenate(events_parts)
-    weights = _weights(target, backend)
+    weights, recurrent = _synapses(target, backend)
     return Evaluation(
         backend=backend, n=int(len(y)), steps=steps, encoding=encoding, seed=seed,
         accuracy=float((predictions == y.numpy()).mean()),
         predictions=predictions,
-        activity=activity(recording, events, weights, _recurrent_weights(target, backend)),
+        activity=activity(recording, events, weights, recurrent),
         layer_names=recording.layer_names,
         layer_sizes=tuple(int(c.shape[1]) for c in recording.counts),
         wall_time_s=wall,

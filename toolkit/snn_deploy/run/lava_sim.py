@@ -86,32 +86,32 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
 
     from snn_deploy.run.lava_probes.recorder import SpikeRecorder, create_record_file
 
+    def dense(weights: np.ndarray, *, weight_exp: int, num_weight_bits: int, sign_mode: str,
+              num_message_bits: int, name: str) -> Dense:
+        return Dense(weights=weights, weight_exp=weight_exp, num_weight_bits=num_weight_bits,
+                     num_message_bits=num_message_bits,
+                     sign_mode=getattr(SignMode, _SIGN_MODE_NAMES[sign_mode]), name=name)
+
     total_steps = data.shape[1]
     source = Source(data=data)
     port = source.s_out
     lifs, records = [], []
     for depth, layer in enumerate(dep.layers, start=1):
-        dense = Dense(
-            weights=layer.weights, weight_exp=layer.weight_exp,
-            num_weight_bits=layer.num_weight_bits, num_message_bits=layer.num_message_bits,
-            sign_mode=getattr(SignMode, _SIGN_MODE_NAMES[layer.sign_mode]),
-            name=f"dense:{layer.synapse}",
-        )
+        ff = dense(layer.weights, weight_exp=layer.weight_exp,
+                   num_weight_bits=layer.num_weight_bits, sign_mode=layer.sign_mode,
+                   num_message_bits=layer.num_message_bits, name=f"dense:{layer.synapse}")
         lif = LIFReset(
             shape=(layer.size,), du=layer.du, dv=layer.dv, vth=layer.vth,
             bias_mant=layer.bias_mant, bias_exp=layer.bias_exp,
             reset_interval=steps, reset_offset=(depth + 1) % steps, name=f"lif:{layer.neuron}",
         )
-        port.connect(dense.s_in)
-        dense.a_out.connect(lif.a_in)
+        port.connect(ff.s_in)
+        ff.a_out.connect(lif.a_in)
         if layer.recurrent is not None:  # the LIF's input port sums both Dense outputs
             rec = layer.recurrent
-            loop = Dense(
-                weights=rec.weights, weight_exp=rec.weight_exp,
-                num_weight_bits=rec.num_weight_bits, num_message_bits=0,
-                sign_mode=getattr(SignMode, _SIGN_MODE_NAMES[rec.sign_mode]),
-                name=f"dense_rec:{layer.neuron}",
-            )
+            loop = dense(rec.weights, weight_exp=rec.weight_exp,
+                         num_weight_bits=rec.num_weight_bits, sign_mode=rec.sign_mode,
+                         num_message_bits=0, name=f"dense_rec:{layer.neuron}")
             lif.s_out.connect(loop.s_in)
             loop.a_out.connect(lif.a_in)
         record = record_dir / f"layer{depth}.npy"
