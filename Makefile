@@ -17,7 +17,8 @@ $(BIN)/snn-deploy: pyproject.toml
 
 setup: $(BIN)/snn-deploy
 
-# The main job on the embedded data set (scikit-learn digits): train -> NIR -> Loihi 2 fixed point -> Lava.
+# The main job on the embedded data set (scikit-learn digits): train -> NIR -> Loihi 2 fixed point -> Lava,
+# then a PGD sweep verified on the emulator, with energy per sample and the validity checks.
 demo: setup
 	mkdir -p $(OUT)
 	$(BIN)/snn-deploy train --seed $(SEED) --out $(OUT)/digits.pt
@@ -27,6 +28,7 @@ demo: setup
 	$(BIN)/snn-deploy evaluate $(OUT)/digits.deploy.h5 --backend emulator --seed $(SEED) --json $(OUT)/emulator.json
 	$(BIN)/snn-deploy evaluate $(OUT)/digits.deploy.h5 --backend lava-sim --seed $(SEED) --json $(OUT)/lava-sim.json
 	$(BIN)/snn-deploy compare $(OUT)/float.json $(OUT)/emulator.json $(OUT)/lava-sim.json
+	$(BIN)/snn-deploy attack $(OUT)/digits.deploy.h5 --backend emulator --attack pgd --eps 0,0.05,0.1,0.2,0.5,1.0 --seed $(SEED) --report-dir $(OUT)/attack
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

@@ -1,8 +1,10 @@
-"""Profiles: the loihi2 numbers are Lava's own, and broken profiles are refused by name."""
+"""Profiles: the loihi2 numbers are Lava's own, energy constants carry their basis, and broken
+profiles are refused by name."""
 
 from __future__ import annotations
 
 import pytest
+import tomli
 from lava.proc.lif.models import PyLifModelBitAcc
 from snn_deploy.errors import ProfileError
 from snn_deploy.profiles import available_profiles, load_profile, parse_profile
@@ -52,3 +54,70 @@ def test_impossible_and_malformed_profiles():
         parse_profile(text.replace("state_bits = 24", 'state_bits = "24"'))
     with pytest.raises(ProfileError, match="not valid TOML"):
         parse_profile("name = [")
+
+
+# --------------------------------------------------------------------------------------------
+# [energy]: optional, validated, with its basis
+
+
+def test_energy_sections_state_their_constants_and_basis():
+    loihi1 = load_profile("loihi1").energy
+    assert loihi1 is not None and loihi1.basis == "simulated"
+    # Davies et al., IEEE Micro 38(1) 2018, Table 2
+    assert (loihi1.synop_pj, loihi1.neuron_update_pj, loihi1.spike_pj) == (23.6, 81.0, 1.7)
+    assert "Davies" in loihi1.source and "Table 2" in loihi1.source
+    for name in ("loihi2", "loihi2-netx"):
+        proxy = load_profile(name).energy
+        assert proxy is not None and proxy.basis == "proxy", name
+        assert (proxy.synop_pj, proxy.neuron_update_pj, proxy.spike_pj) == (23.6, 81.0, 1.7)
+        assert "proxy" in proxy.source
+
+
+def test_loihi1_uses_lavas_fixed_point_formats_and_the_papers_chip_figures():
+    p1, p2 = load_profile("loihi1"), load_profile("loihi2")
+    formats = ("weight_bits", "num_weight_bits", "weight_exp_min", "weight_exp_max", "state_bits",
+               "decay_bits", "du_offset", "dv_offset", "threshold_bits", "threshold_shift",
+               "activation_shift", "bias_mant_bits", "bias_exp_max", "input_graded_bits")
+    assert {f: getattr(p1, f) for f in formats} == {f: getattr(p2, f) for f in formats}
+    limits = tomli.loads(p1.toml_text)["limits"]
+    assert limits["cores_per_chip"] * limits["compartments_per_core"] == limits["neurons_per_chip"]
+    assert (limits["cores_per_chip"], limits["synapses_per_chip"]) == (128, 130_000_000)
+
+
+def _without_energy(text: str) -> str:
+    return text[:text.index("[energy]")]
+
+
+def test_a_profile_without_energy_has_none():
+    assert parse_profile(_without_energy(load_profile("loihi2").toml_text)).energy is None
+
+
+@pytest.mark.parametrize("key", ["synop_pj", "neuron_update_pj", "spike_pj"])
+def test_negative_energy_is_refused_in_one_line_naming_the_key(key):
+    text = load_profile("loihi1").toml_text
+    start = text.index(f"\n{key} = ") + 1
+    line = text[start:text.index("\n", start)]
+    with pytest.raises(ProfileError) as info:
+        parse_profile(text.replace(line, f"{key} = -1.5"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"[energy] {key} must be a finite number >= 0, got -1.5" in message
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", '"23.6"', "true"])
+def test_non_finite_or_non_numeric_energy_is_refused(value):
+    text = load_profile("loihi1").toml_text.replace("synop_pj = 23.6", f"synop_pj = {value}")
+    with pytest.raises(ProfileError, match=r"\[energy\] synop_pj must be a finite number >= 0"):
+        parse_profile(text)
+
+
+def test_bad_basis_and_missing_energy_keys_are_named():
+    text = load_profile("loihi1").toml_text
+    with pytest.raises(ProfileError,
+                       match=r"\[energy\] basis must be one of simulated, proxy, measured, got 'guessed'"):
+        parse_profile(text.replace('basis = "simulated"', 'basis = "guessed"'))
+    with pytest.raises(ProfileError, match=r"missing \[energy\] spike_pj.*\[energy\] source"):
+        parse_profile(_without_energy(text) + '[energy]\nbasis = "measured"\nsynop_pj = 1\n'
+                      'neuron_update_pj = 2\n')
+    with pytest.raises(ProfileError, match=r"unknown \[energy\] keys hop_pj"):
+        parse_profile(text.replace("spike_pj = 1.7", "spike_pj = 1.7\nhop_pj = 3.0"))

@@ -90,8 +90,10 @@ def test_recurrent_synapses_count_as_synaptic_operations():
                     counts=(np.array([[3, 0, 1]]), np.array([[0, 0]])))
     weights = [np.ones((3, 4)), np.array([[1, 0, 2], [0, 0, 1]])]
     loop = np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0]])  # fan-out of each source: 1, 1, 1
-    plain = activity(rec, np.array([[1, 0, 0, 2]]), weights)
-    looped = activity(rec, np.array([[1, 0, 0, 2]]), weights, [loop, None])
+    plain = activity(rec, np.array([[1, 0, 0, 2]]), weights, steps=5)
+    looped = activity(rec, np.array([[1, 0, 0, 2]]), weights, [loop, None], steps=5)
     # input: 3 events x fan-out 3; layer a: 3 spikes x 1 + 1 spike x 2; its loop: 4 spikes x 1
     assert plain.synops_per_sample == 3 * 3 + 3 * 1 + 1 * 2
     assert looped.synops_per_sample == plain.synops_per_sample + 4
+    # the loop's operations arrive at layer a itself
+    assert looped.layer_synops_per_sample == (3 * 3 + 4, 3 * 1 + 1 * 2)

@@ -193,17 +193,22 @@ def import_netx(net, profile, skip_layers, num_layers, out) -> None:
 @click.option("--steps", type=int, default=None, help="Time steps (default: the model's own).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the input encoder.")
 @click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
+@click.option("--energy-profile", default=None,
+              help="Price energy with this profile (default: the Deployment's; float has none).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the report JSON here.")
-def evaluate(model, backend, device, dataset, limit, steps, seed, dt, json_out) -> None:
-    """Accuracy and activity of a checkpoint, NIR graph or Deployment on a backend."""
+def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_profile,
+             json_out) -> None:
+    """Accuracy, activity and energy of a checkpoint, NIR graph or Deployment on a backend."""
     from snn_deploy.data import load_dataset
     from snn_deploy.evaluate.accuracy import evaluate_target
     from snn_deploy.evaluate.report import evaluation_report, write_json
+    from snn_deploy.profiles import load_profile
     from snn_deploy.targets import load_target
 
     if json_out:
         check_writable(json_out)
+    pricing = load_profile(energy_profile) if energy_profile else None  # a bad name fails first
     target = load_target(model, dt=dt)
     name = dataset or str(target.coding.get("dataset", "digits"))
     split = load_dataset(name)
@@ -220,7 +225,7 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, json_out) 
                          device=_device(device), on_progress=on_progress)
     if bar is not None:
         bar.close()
-    report = evaluation_report(ev, target=target, dataset=name)
+    report = evaluation_report(ev, target=target, dataset=name, energy_profile=pricing)
     _print_reports([report])
     if json_out:
         write_json(report, json_out)
@@ -252,13 +257,160 @@ def run(model, input_path, backend, device, dt, out) -> None:
                f" {tuple(result.output.shape)}, {int(result.output.sum())} spikes; wrote {out}")
 
 
+def _floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers like 0,0.1,0.5, got {value!r}") from None
+    if not out:
+        raise click.BadParameter("give at least one value")
+    return out
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    out = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not out:
+        raise click.BadParameter("give at least one name")
+    return out
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["emulator", "lava-sim", "loihi2"]), default="emulator",
+              show_default=True, help="Where adversarial inputs are verified and counted.")
+@click.option("--attack", "attacks", default="pgd", show_default=True, callback=_names,
+              help="Comma-separated: fgsm, pgd, apgd-ce, apgd-dlr, square, gaussian, uniform,"
+                   " spike-flip, spike-jitter.")
+@click.option("--eps", default="0,0.05,0.1,0.2,0.5,1.0", show_default=True, callback=_floats,
+              help="Comma-separated budgets (input range for value attacks; spikes or steps for"
+                   " spike attacks).")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--iterations", type=int, default=20, show_default=True)
+@click.option("--restarts", type=int, default=1, show_default=True)
+@click.option("--step-size", type=float, default=None, help="Default: 2.5 eps / iterations (PGD).")
+@click.option("--eot", type=int, default=1, show_default=True,
+              help="Encoder draws averaged per gradient (expectation over transformation).")
+@click.option("--queries", type=int, default=1000, show_default=True,
+              help="Query budget per sample (Square).")
+@click.option("--source", "sources", default="twin", show_default=True, callback=_names,
+              help="Gradient sources, comma-separated: twin, bptr, float (transfer).")
+@click.option("--surrogate", default="fast_sigmoid,triangle", show_default=True, callback=_names,
+              help="Surrogate shapes for twin/float sources with --ensemble (the first otherwise):"
+                   " fast_sigmoid, triangle, exponential, rectangular, ste.")
+@click.option("--width", type=float, default=0.5, show_default=True,
+              help="Surrogate width relative to the threshold.")
+@click.option("--ensemble", is_flag=True,
+              help="Per-sample worst case over all sources, surrogates and attacks, each attack on"
+                   " the points still robust (AutoAttack-style).")
+@click.option("--limit", type=int, default=None, help="Attack the first N test samples only.")
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the encoder and the attacks' random starts.")
+@click.option("--device", default="cpu", show_default=True, help="torch device for the emulator.")
+@click.option("--energy-profile", default=None,
+              help="Price energy with this profile (default: the Deployment's).")
+@click.option("--no-checks", is_flag=True, help="Skip the validity checks (not recommended).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the report JSON here.")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Write report.json, report.md and PNG plots into this folder.")
+def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, eot, queries,
+           sources, surrogate, width, ensemble, limit, dataset, seed, device, energy_profile,
+           no_checks, json_out, report_dir) -> None:
+    """Attack a Deployment and verify every adversarial input on the target backend."""
+    from snn_deploy.attack import ATTACKS, attack_names
+    from snn_deploy.attack.base import AttackSettings
+    from snn_deploy.attack.sources import SOURCE_KINDS
+    from snn_deploy.data import load_dataset
+    from snn_deploy.errors import BackendUnavailable
+    from snn_deploy.evaluate.attack_report import (attack_report, markdown, results_table,
+                                                   square_note, write_text)
+    from snn_deploy.evaluate.checks import run_checks
+    from snn_deploy.evaluate.report import write_json
+    from snn_deploy.evaluate.robustness import Evaluator, SourceSpec, sweep
+    from snn_deploy.profiles import load_profile
+    from snn_deploy.run.twin import SURROGATES
+    from snn_deploy.targets import load_target
+
+    for name in attacks:
+        if name not in ATTACKS:
+            raise UserError(f"unknown attack {name!r}: choose from {', '.join(attack_names())}")
+    for e in eps:
+        if not (e >= 0 and e < float("inf")):
+            raise UserError(f"--eps must be finite and >= 0, got {e:g}")
+    for kind in sources:
+        if kind not in SOURCE_KINDS:
+            raise UserError(f"unknown gradient source {kind!r}: choose from {', '.join(SOURCE_KINDS)}")
+    for shape in surrogate:
+        if shape not in SURROGATES:
+            raise UserError(f"unknown surrogate {shape!r}: choose from {', '.join(SURROGATES)}")
+    if not width > 0:
+        raise UserError(f"--width must be > 0, got {width}")
+    if backend == "loihi2":
+        raise BackendUnavailable(
+            "backend loihi2 needs Intel's lava-loihi package, which Intel gives members of its"
+            " Neuromorphic Research Community (INRC) with access to its Loihi 2 cloud; use"
+            " --backend emulator or lava-sim here")
+    settings = AttackSettings(norm=norm, iterations=iterations, restarts=restarts,
+                              step_size=step_size, eot=eot, queries=queries, seed=seed)
+    for path in (json_out,):
+        if path:
+            check_writable(path)
+    target = load_target(model)
+    target.require_deployment()
+    name = dataset or str(target.coding.get("dataset", "digits"))
+    specs = []
+    for kind in sources:
+        shapes = surrogate if ensemble else surrogate[:1]
+        specs += [SourceSpec(kind)] if kind == "bptr" else \
+            [SourceSpec(kind, surrogate=shape, width=width) for shape in shapes]
+    ev = Evaluator(target, load_dataset(name), backend=backend, limit=limit, seed=seed,
+                   device=_device(device),
+                   energy_profile=load_profile(energy_profile) if energy_profile else None)
+
+    def say(msg: str) -> None:
+        click.echo(f"  {msg}", err=True)
+
+    result = sweep(ev, attacks=list(attacks), eps=list(eps), settings=settings, sources=specs,
+                   ensemble=ensemble, on_progress=say)
+    if not no_checks:
+        say("validity checks")
+        result.diagnostics = run_checks(ev, result, specs)
+    report = attack_report(result, target=target, dataset=name, seed=seed)
+    click.echo(f"clean accuracy on {backend}: {result.clean_accuracy:.4f} ({result.n} samples)")
+    click.echo(results_table(report))
+    note = square_note(report)
+    if note:
+        click.echo(note)
+    energy = report["energy_basis"]
+    if report["clean"]["energy_per_sample_nj"] is not None:
+        click.echo(f"energy per sample (clean): {report['clean']['energy_per_sample_nj']:.2f} nJ,"
+                   f" basis: {energy} ({report['energy_profile']}: {report['energy_source']})")
+    for c in report["diagnostics"]:
+        mark = {True: "ok  ", False: "WARN", None: "skip"}[c["passed"]]
+        click.echo(f"[{mark}] {c['check']}: {c['detail']}")
+    if json_out:
+        write_json(report, json_out)
+        click.echo(f"wrote {json_out}")
+    if report_dir:
+        from snn_deploy.evaluate.plots import write_plots
+
+        out = Path(report_dir)
+        plots = write_plots(result, out, energy_basis=energy)
+        write_json(report, out / "report.json")
+        write_text(markdown(report, plots=plots), out / "report.md")
+        click.echo(f"wrote {out / 'report.json'}, {out / 'report.md'} and {len(plots)} plots")
+
+
 def _print_reports(reports: list[dict]) -> None:
     from snn_deploy.evaluate.report import format_table
 
     rows = [[r["backend"], r["model_kind"], r["dataset"], r["n"], r["steps"], r["accuracy"],
-             r["spikes_per_sample"], r["synops_per_sample"], r["wall_time_s"]] for r in reports]
+             r["spikes_per_sample"], r["synops_per_sample"], r.get("energy_per_sample_nj"),
+             r.get("energy_basis"), r["wall_time_s"]] for r in reports]
     click.echo(format_table(["backend", "model", "dataset", "n", "T", "accuracy", "spikes/sample",
-                             "synops/sample", "time (s)"], rows))
+                             "synops/sample", "energy nJ/sample", "energy basis", "time (s)"],
+                            rows))
 
 
 _NUMERIC_KEYS = {"n", "steps", "accuracy", "spikes_per_sample", "synops_per_sample", "wall_time_s"}

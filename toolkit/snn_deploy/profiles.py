@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -33,10 +34,37 @@ _REQUIRED_KEYS: dict[tuple[str, str], str] = {
     ("input", "graded_bits"): "input_graded_bits",
 }
 
+# What an [energy] section's figures are: simulated before silicon, borrowed from another chip
+# (proxy), or measured on the chip itself.
+ENERGY_BASES = ("simulated", "proxy", "measured")
+_ENERGY_COSTS = ("synop_pj", "neuron_update_pj", "spike_pj")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyModel:
+    """Energy per operation of a target, from a profile's ``[energy]`` section.
+
+    E [pJ] = synops * synop_pj + neuron_updates * neuron_update_pj + spikes * spike_pj
+
+    Attributes:
+        basis: one of ``ENERGY_BASES``: "simulated", "proxy" or "measured".
+        synop_pj: one spike delivered over one synapse (pJ).
+        neuron_update_pj: one neuron updated for one time step (pJ).
+        spike_pj: one spike sent by a neuron (pJ).
+        source: the paper, table or measurement the figures come from.
+    """
+
+    basis: str
+    synop_pj: float
+    neuron_update_pj: float
+    spike_pj: float
+    source: str
+
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-    """Number formats of a fixed-point neuromorphic target (all integers, see hw_profiles/*.toml)."""
+    """Number formats of a fixed-point neuromorphic target (all integers, see hw_profiles/*.toml)
+    and, where the profile has an ``[energy]`` section, its energy per operation."""
 
     name: str
     description: str
@@ -56,6 +84,7 @@ class Profile:
     input_graded_bits: int
     toml_text: str
     sha256: str
+    energy: EnergyModel | None = None  # None when the profile has no [energy] section
 
     @property
     def decay_unity(self) -> int:
@@ -144,5 +173,39 @@ def parse_profile(text: str, *, origin: str = "<profile>") -> Profile:
         description=str(data.get("description", "")),
         toml_text=text,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
+        energy=_parse_energy(data.get("energy"), origin=origin),
         **values,
     )
+
+
+def _parse_energy(table: object, *, origin: str) -> EnergyModel | None:
+    """The optional ``[energy]`` section; every problem is named in one ProfileError."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ProfileError(f"profile {origin}: [energy] must be a table, got {table!r}")
+    problems: list[str] = []
+    costs: dict[str, float] = {}
+    for key in _ENERGY_COSTS:
+        value = table.get(key)
+        if value is None:
+            problems.append(f"missing [energy] {key}")
+        elif (isinstance(value, bool) or not isinstance(value, (int, float))
+              or not math.isfinite(value) or value < 0):
+            problems.append(f"[energy] {key} must be a finite number >= 0, got {value!r}")
+        else:
+            costs[key] = float(value)
+    basis = table.get("basis")
+    if basis not in ENERGY_BASES:
+        problems.append(f"[energy] basis must be one of {', '.join(ENERGY_BASES)}, got {basis!r}")
+    source = table.get("source")
+    if not isinstance(source, str) or not source.strip():
+        problems.append(f"[energy] source must name the paper or measurement, got {source!r}")
+    unknown = sorted(set(table) - set(_ENERGY_COSTS) - {"basis", "source"})
+    if unknown:
+        problems.append(f"unknown [energy] keys {', '.join(unknown)}")
+    if problems:
+        raise ProfileError(f"profile {origin}: " + "; ".join(problems))
+    return EnergyModel(basis=str(basis), synop_pj=costs["synop_pj"],
+                       neuron_update_pj=costs["neuron_update_pj"], spike_pj=costs["spike_pj"],
+                       source=str(source))

@@ -1,1 +1,1 @@
-"""Stage 5: accuracy, spike counts and synaptic operations of a model on a backend; reports."""
+"""Stage 5: accuracy, spikes, synaptic operations and priced energy of a model on a backend; reports."""

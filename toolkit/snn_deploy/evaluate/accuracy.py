@@ -185,7 +185,7 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
         backend=backend, n=int(len(y)), steps=steps, encoding=encoding, seed=seed,
         accuracy=float((predictions == y.numpy()).mean()),
         predictions=predictions,
-        activity=activity(recording, events, weights, recurrent),
+        activity=activity(recording, events, weights, recurrent, steps=steps),
         layer_names=recording.layer_names,
         layer_sizes=tuple(int(c.shape[1]) for c in recording.counts),
         wall_time_s=wall,

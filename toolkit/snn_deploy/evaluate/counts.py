@@ -1,7 +1,14 @@
-"""Exact activity counts from a Recording: spikes and synaptic operations per sample.
+"""Exact activity counts from a Recording: spikes, synaptic operations and neuron updates.
 
 A synaptic operation is one spike (or one non-zero graded input) delivered over one non-zero
-synapse: synops = sum over sources of events x non-zero fan-out.
+synapse. Layer l receives
+
+    synops_l = sum over its sources j of events_j x (non-zero synapses from j into l)
+               + sum over its own neurons i of spikes_i x (non-zero recurrent synapses out of i)
+
+where the sources are the input channels (l = 0) or the previous layer's neurons. Every allocated
+neuron is updated once per time step: updates_l = neurons_l x steps. These are exact counts; any
+energy figure is priced from them afterwards (``evaluate/energy.py``).
 """
 
 from __future__ import annotations
@@ -15,24 +22,38 @@ from snn_deploy.run.recording import Recording
 
 @dataclasses.dataclass(frozen=True)
 class ActivityCounts:
-    """Per-sample means over a batch (floats) and per-layer spike means."""
+    """Per-sample means over a batch (floats), in total and per layer (input side first).
+
+    ``synops_per_sample`` is the sum of ``layer_synops_per_sample``; ``layer_synops_per_sample``
+    counts the operations *arriving at* each layer (feed-forward and recurrent).
+    """
 
     spikes_per_sample: float
     synops_per_sample: float
     layer_spikes_per_sample: tuple[float, ...]
+    layer_synops_per_sample: tuple[float, ...]
+    layer_updates_per_sample: tuple[float, ...]
 
 
-def fan_out(weight_matrices: list[np.ndarray]) -> list[np.ndarray]:
-    """Non-zero fan-out of every source neuron: input first, then each layer (the last has 0)."""
-    outs = [np.count_nonzero(w, axis=0) for w in weight_matrices]
-    last = np.zeros(weight_matrices[-1].shape[0], dtype=np.int64)
-    return outs + [last]
+def layer_synops(recording: Recording, input_events: np.ndarray,
+                 weight_matrices: list[np.ndarray],
+                 recurrent: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
+    """Per layer, (B,) int64 synaptic operations arriving at it in each sample (see module doc)."""
+    sources = [np.asarray(input_events, dtype=np.int64),
+               *(np.asarray(c, dtype=np.int64) for c in recording.counts[:-1])]
+    # a source's non-zero fan-out into layer l: the non-zero entries of its column of W_l
+    per_layer = [src @ np.count_nonzero(w, axis=0) for src, w in zip(sources, weight_matrices)]
+    for i, rec in enumerate(recurrent or []):
+        if rec is not None:
+            own = np.asarray(recording.counts[i], dtype=np.int64)
+            per_layer[i] = per_layer[i] + own @ np.count_nonzero(rec, axis=0)
+    return per_layer
 
 
 def activity(recording: Recording, input_events: np.ndarray,
              weight_matrices: list[np.ndarray],
-             recurrent: list[np.ndarray | None] | None = None) -> ActivityCounts:
-    """Count spikes and synaptic operations.
+             recurrent: list[np.ndarray | None] | None = None, *, steps: int) -> ActivityCounts:
+    """Count spikes, synaptic operations and neuron updates.
 
     Args:
         recording: the backend's output.
@@ -40,17 +61,19 @@ def activity(recording: Recording, input_events: np.ndarray,
         weight_matrices: (n_out, n_in) weights of each layer, input side first.
         recurrent: per layer, its (n, n) recurrent weights or None; a spike also travels over
             the non-zero recurrent synapses of its own layer.
+        steps: time steps per sample; every neuron is updated on every one of them.
     """
-    fo = fan_out(weight_matrices)
-    per_sample = input_events @ fo[0]
-    for counts, fan in zip(recording.counts, fo[1:]):
-        per_sample = per_sample + counts @ fan
-    for counts, rec in zip(recording.counts, recurrent or []):
-        if rec is not None:
-            per_sample = per_sample + counts @ np.count_nonzero(rec, axis=0)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if len(weight_matrices) != len(recording.counts):
+        raise ValueError(f"{len(weight_matrices)} weight matrices for {len(recording.counts)}"
+                         " recorded layers")
+    synops = layer_synops(recording, input_events, weight_matrices, recurrent)
     spikes = sum(c.sum(axis=1) for c in recording.counts)
     return ActivityCounts(
         spikes_per_sample=float(np.mean(spikes)),
-        synops_per_sample=float(np.mean(per_sample)),
+        synops_per_sample=float(np.mean(sum(synops))),
         layer_spikes_per_sample=tuple(float(c.sum(axis=1).mean()) for c in recording.counts),
+        layer_synops_per_sample=tuple(float(s.mean()) for s in synops),
+        layer_updates_per_sample=tuple(float(c.shape[1] * steps) for c in recording.counts),
     )

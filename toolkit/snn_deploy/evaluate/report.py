@@ -7,7 +7,9 @@ from importlib import metadata
 from pathlib import Path
 
 from snn_deploy.evaluate.accuracy import Evaluation
+from snn_deploy.evaluate.energy import price
 from snn_deploy.fileio import atomic_path
+from snn_deploy.profiles import Profile
 from snn_deploy.targets import Target
 
 _VERSIONED = ("snn-deploy", "torch", "lava-nc", "lava-dl", "nir", "nirtorch", "norse")
@@ -23,23 +25,40 @@ def versions() -> dict[str, str]:
     return out
 
 
-def evaluation_report(ev: Evaluation, *, target: Target, dataset: str) -> dict:
-    """The evaluate report: DESIGN.md keys first, provenance after."""
+def evaluation_report(ev: Evaluation, *, target: Target, dataset: str,
+                      energy_profile: Profile | None = None) -> dict:
+    """The evaluate report: DESIGN.md keys first, provenance after.
+
+    Energy is priced with ``energy_profile`` if given, else with the Deployment's own profile on
+    the deployed backends (emulator, lava-sim); the float backend has no profile of its own. The
+    energy keys are None when there is no profile or it has no ``[energy]`` section.
+    """
     dep = target.deployment if ev.backend != "float" else None
+    profile = energy_profile if energy_profile is not None else (
+        dep.profile if dep is not None else None)
+    energy = price(ev.activity, profile) if profile is not None else None
+    layers_nj = energy.layers_nj if energy is not None else (None,) * len(ev.layer_names)
+    act = ev.activity
     return {
         "backend": ev.backend,
         "dataset": dataset,
         "n": ev.n,
         "steps": ev.steps,
         "accuracy": ev.accuracy,
-        "spikes_per_sample": ev.activity.spikes_per_sample,
-        "synops_per_sample": ev.activity.synops_per_sample,
-        "energy_per_sample_nj": None,  # priced energy comes with the profiles' energy sections
+        "spikes_per_sample": act.spikes_per_sample,
+        "synops_per_sample": act.synops_per_sample,
+        "energy_per_sample_nj": energy.per_sample_nj if energy is not None else None,
         "layers": [
-            {"name": name, "neurons": size, "spikes_per_sample": spikes}
-            for name, size, spikes in zip(ev.layer_names, ev.layer_sizes,
-                                          ev.activity.layer_spikes_per_sample)
+            {"name": name, "neurons": size, "spikes_per_sample": spikes,
+             "synops_per_sample": synops, "neuron_updates_per_sample": updates,
+             "energy_nj": nj}
+            for name, size, spikes, synops, updates, nj in zip(
+                ev.layer_names, ev.layer_sizes, act.layer_spikes_per_sample,
+                act.layer_synops_per_sample, act.layer_updates_per_sample, layers_nj, strict=True)
         ],
+        "energy_basis": energy.basis if energy is not None else None,
+        "energy_profile": energy.profile if energy is not None else None,
+        "energy_source": energy.source if energy is not None else None,
         "encoding": ev.encoding,
         "seed": ev.seed,
         "model": str(target.path),

@@ -7,6 +7,7 @@ operation order as Norse's ``lif_feed_forward_step``, so a Norse model and its e
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,9 +54,15 @@ class LayerParams:
                    rec=rec, rec_b=rec_b)
 
 
+def heaviside(v: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return (v > threshold).to(torch.float32)
+
+
 def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor,
-               z_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of one layer: (input, current, voltage, last spikes) -> (spikes, current, voltage)."""
+               z_prev: torch.Tensor, spike: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+               = heaviside) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of one layer: (input, current, voltage, last spikes) -> (spikes, current, voltage).
+    ``spike(v, threshold)`` is the threshold function (a surrogate-gradient one for attacks)."""
     syn = x @ p.w.T + p.b
     if p.rec is not None and p.rec_b is not None:
         syn = syn + z_prev @ p.rec.T + p.rec_b
@@ -64,8 +71,8 @@ def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor
         v = v + p.gain * ((p.v_leak - v) + p.r * i)
     else:
         v = v + p.r * i
-    z = (v > p.v_threshold).to(torch.float32)
-    return z, i, torch.where(z > 0, p.v_reset.expand_as(v), v)
+    z = spike(v, p.v_threshold)
+    return z, i, torch.where(z.detach() > 0, p.v_reset.expand_as(v), v)
 
 
 def run_float(net: FloatNetwork, x: torch.Tensor) -> FloatRun:

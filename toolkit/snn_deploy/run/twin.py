@@ -30,12 +30,33 @@ _INT31, _INT32 = float(1 << 31), float(1 << 32)
 
 
 def _ste(x: torch.Tensor, exact: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Forward ``exact(x)``, backward identity."""
-    return x + (exact(x.detach()) - x).detach()
+    """Forward ``exact(x)``, backward identity (and x itself where ``exact`` returns its input)."""
+    d = x.detach()
+    e = exact(d)
+    return x if e is d else x + (e - d)
 
 
 def _wrap32(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
+    if lo >= -_INT31 and hi < _INT31:
+        return x
     return torch.remainder(x + _INT31, _INT32) - _INT31
+
+
+_HALF = 0.5 - 2.0 ** -13
+
+
+def _trunc(x: torch.Tensor) -> torch.Tensor:
+    """trunc(x) for multiples of 2**-12 (u * keep): half a unit toward zero, then round; torch's
+    trunc is not vectorised on CPU (see run.emulator.decay_)."""
+    return torch.round(x - torch.sgn(x) * _HALF)
+
+
+def _abs_max(x: torch.Tensor) -> float:
+    if not x.numel():
+        return 0.0
+    lo, hi = torch.aminmax(x.detach())
+    return max(-float(lo), float(hi))
 
 
 # Surrogate derivatives of the Heaviside step at x = (v - theta) / theta, width w > 0.
@@ -59,6 +80,11 @@ class _Spike(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         return grad * SURROGATES[ctx.shape](x, ctx.width), None, None
+
+
+def surrogate_spike(x: torch.Tensor, shape: str, width: float) -> torch.Tensor:
+    """Heaviside step of x (spike where x > 0) with the named surrogate derivative."""
+    return _Spike.apply(x, shape, width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +149,7 @@ class EmulatorTwin(torch.nn.Module):
             acc = _ste(acc / float(1 << -weight_exp), torch.floor)
         return _ste(acc, _wrap32)
 
-    def _recurrent(self, k: int) -> tuple[torch.Tensor, int] | None:
+    def _recurrent(self, k: int) -> tuple[torch.Tensor, int, float] | None:
         rec = self.dep.layers[k].recurrent
         if rec is None:
             return None
@@ -131,7 +157,8 @@ class EmulatorTwin(torch.nn.Module):
                                                num_weight_bits=rec.num_weight_bits,
                                                weight_bits=self.dep.profile.weight_bits),
                                dtype=torch.float64)
-        return grid, rec.weight_exp
+        peak = float(grid.abs().sum(dim=1).max()) * 2.0 ** rec.weight_exp + 1.0
+        return grid, rec.weight_exp, peak
 
     def forward(self, x: torch.Tensor, carries: list[torch.Tensor | None] | None = None
                 ) -> TwinOutput:
@@ -160,6 +187,15 @@ class EmulatorTwin(torch.nn.Module):
             theta = theta * float(1 << p.threshold_shift)
             scale = torch.clamp(theta.detach(), min=1.0)
             bias = _ste(self.bias[k], lambda b: _wrap32(torch.round(b)))
+            # Which integer wraps and clamps can change a value, from this input's bounds (as
+            # run.emulator._bounds): the others are identities, forward and backward, and skipped.
+            a_peak = _abs_max(ff) + (0.0 if rec is None else rec[2])
+            act_peak = a_peak * shift
+            wrap_act = act_peak >= _INT31
+            checked = u_keep >= 1.0 or act_peak / (1.0 - u_keep) >= big
+            bias_peak = _abs_max(bias.detach())
+            clamp_v = checked or v_keep >= 1.0 or bias_peak + 2 * big >= _INT31 or \
+                (act_peak / (1.0 - u_keep) + bias_peak) / (1.0 - v_keep) >= big - 1
             u = torch.zeros(batch, layer.size, dtype=torch.float64, device=x.device)
             v = torch.zeros_like(u)
             z_prev = torch.zeros_like(u)
@@ -172,12 +208,14 @@ class EmulatorTwin(torch.nn.Module):
                 if rec is not None:  # the LIF's input port sums both Dense outputs (int32)
                     a = _ste(a + self._shifted(torch.matmul(z_prev, rec[0].T), rec[1], False),
                              _wrap32)
-                act = _ste(a * shift, _wrap32)
-                u = _ste(u * u_keep, torch.trunc) + act
-                u = _ste(u, lambda z: _wrap32(z))
-                u = _ste(u, lambda z: z - (z > big) * (2 * big) + (z <= -big) * (2 * big))
-                v = _ste(v * v_keep, torch.trunc) + u + bias
-                v = _ste(v, lambda z: torch.clamp(_wrap32(z), -big + 1, big - 1))
+                act = _ste(a * shift, _wrap32) if wrap_act else a * shift
+                u = _ste(u * u_keep, _trunc) + act
+                if checked:
+                    u = _ste(u, lambda z: _wrap32(z))
+                    u = _ste(u, lambda z: z - (z > big) * (2 * big) + (z <= -big) * (2 * big))
+                v = _ste(v * v_keep, _trunc) + u + bias
+                if clamp_v:
+                    v = _ste(v, lambda z: torch.clamp(_wrap32(z), -big + 1, big - 1))
                 z = _Spike.apply((v - theta) / scale, self.surrogate, self.width)
                 v = v * (1.0 - z.detach())
                 spikes.append(z)

@@ -1,0 +1,293 @@
+"""Hardware-in-the-loop robustness: attacks crafted with a gradient source (or queries), every
+adversarial input verified on the target backend, robust accuracy and energy from the backend.
+
+Robust accuracy at eps is the share of samples the backend classifies correctly on the clean input
+*and* on every adversarial input found within eps: a point found at a smaller eps lies inside every
+larger ball, so the figure is a per-sample worst case over the sweep and never rises with eps. The
+per-attack, per-eps share before that accumulation is kept as ``attack_accuracy`` for the checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from snn_deploy.attack import ATTACKS, attack_names
+from snn_deploy.attack.base import BATCH, AttackContext, AttackSettings, FrozenEncoder
+from snn_deploy.attack.sources import make_source
+from snn_deploy.data import Split
+from snn_deploy.errors import UserError
+from snn_deploy.evaluate.accuracy import DEPLOYED_BACKENDS, _synapses, run_backend
+from snn_deploy.evaluate.counts import ActivityCounts, activity
+from snn_deploy.evaluate.energy import Energy, price
+from snn_deploy.profiles import Profile
+from snn_deploy.run.emulator import run_emulator
+from snn_deploy.run.float_backend import run_float
+from snn_deploy.run.recording import Recording
+from snn_deploy.targets import Target
+
+Progress = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    kind: str = "twin"  # twin | bptr | float
+    surrogate: str = "fast_sigmoid"
+    width: float = 0.5
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.kind == "bptr" else f"{self.kind}[{self.surrogate},{self.width:g}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    """What the backend made of one set of inputs (one per sample)."""
+
+    predictions: np.ndarray  # (n,)
+    activity: ActivityCounts
+    energy: Energy | None
+    recording: Recording
+
+
+@dataclasses.dataclass
+class AttackRow:
+    attack: str
+    source: str
+    norm: str
+    eps: float
+    robust_accuracy: float  # cumulative per-sample worst case, clean included
+    attack_accuracy: float  # this attack at this eps alone, on the points it attacked
+    source_accuracy: float  # what the gradient source predicted on the adversarial inputs
+    agreement: float | None  # source and backend agree on the adversarial inputs
+    attacked: int
+    spikes_per_sample: float
+    synops_per_sample: float
+    energy_per_sample_nj: float | None
+    seconds: float
+    queries: int = 0
+    eps_unit: str = "input range [0, 1]"
+    # per sample, kept for the checks and plots (not in the JSON): backend-correct on this
+    # attack's inputs, and the inputs themselves (values (n, d) or spikes (T, n, d))
+    correct: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    inputs: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    domain: str = "input"
+
+
+@dataclasses.dataclass
+class Robustness:
+    backend: str
+    n: int
+    steps: int
+    encoding: str
+    clean_accuracy: float
+    clean: Verified
+    float_agreement: float | None  # float source graph vs backend on clean inputs
+    rows: list[AttackRow]
+    labels: np.ndarray
+    settings: AttackSettings
+    sources: list[str]
+    ensemble: bool
+    query_backend: str
+    examples: dict  # for plots: one sample's clean and adversarial recordings
+    diagnostics: list[dict] = dataclasses.field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+class Evaluator:
+    """Holds what a sweep needs: the target, the frozen encoder, the data and the backend."""
+
+    def __init__(self, target: Target, split: Split, *, backend: str, limit: int | None,
+                 seed: int, device: str = "cpu", energy_profile: Profile | None = None):
+        if backend not in DEPLOYED_BACKENDS:
+            raise UserError(f"attack runs on a deployed backend ({', '.join(sorted(DEPLOYED_BACKENDS))}),"
+                            f" not {backend!r}")
+        self.target, self.backend, self.device = target, backend, device
+        self.dep = target.require_deployment()
+        self.profile = energy_profile or self.dep.profile
+        coding = self.dep.coding
+        self.encoding = str(coding.get("encoding", "rate"))
+        self.steps = int(coding.get("steps", 32))
+        x, y = split.part("test")
+        if x.shape[1] != self.dep.input_size:
+            raise UserError(f"{target.path} takes {self.dep.input_size} inputs, but {split.name}"
+                            f" samples have {x.shape[1]}")
+        if limit is not None:
+            if limit < 1:
+                raise UserError(f"--limit must be >= 1, got {limit}")
+            x, y = x[:limit], y[:limit]
+        self.x, self.y = x.to(torch.float32), y.to(torch.int64)
+        self.idx = torch.arange(len(x))
+        self.encoder = FrozenEncoder(self.encoding, steps=self.steps, seed=seed,
+                                     n_samples=len(x), n_inputs=x.shape[1])
+        self.weights, self.recurrent = _synapses(target, backend)
+
+    def subset(self, k: int) -> Evaluator:
+        """The same evaluation on its first k samples (same encoder noise)."""
+        other = copy.copy(self)
+        other.x, other.y, other.idx = self.x[:k], self.y[:k], self.idx[:k]
+        return other
+
+    # -- backends --------------------------------------------------------------------------
+    def batches(self, x: torch.Tensor, domain: str) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.idx), BATCH):
+            part = slice(start, start + BATCH)
+            yield x[:, part] if domain == "spikes" else self.encoder.spikes(x[part], self.idx[part])
+
+    def verify(self, x: torch.Tensor, domain: str = "input", backend: str | None = None) -> Verified:
+        """Run inputs for all n samples (values (n, d) or spikes (T, n, d)) on the backend."""
+        events: list[np.ndarray] = []
+
+        def counted() -> Iterator[torch.Tensor]:
+            for xb in self.batches(x, domain):
+                events.append((xb != 0).sum(dim=0).to(torch.int64).numpy())
+                yield xb
+
+        rec = run_backend(self.target, backend or self.backend, counted(), device=self.device)
+        counts = activity(rec, np.concatenate(events), self.weights, self.recurrent, steps=self.steps)
+        return Verified(predictions=rec.output.astype(np.int64).sum(axis=0).argmax(axis=1),
+                        activity=counts, energy=price(counts, self.profile), recording=rec)
+
+    def oracle(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Query the backend's arithmetic (the emulator, bit-exact to lava-sim) on values."""
+        return self.spike_oracle(self.encoder.spikes(x, idx), idx)
+
+    def spike_oracle(self, s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        rec = run_emulator(self.dep, s, device=self.device)
+        return torch.as_tensor(rec.output.astype(np.float32).sum(axis=0))
+
+    def context(self, spec: SourceSpec, settings: AttackSettings) -> AttackContext:
+        source = make_source(spec.kind, self.target, surrogate=spec.surrogate, width=spec.width)
+        return AttackContext(source=source, encoder=self.encoder, settings=settings,
+                             oracle=self.oracle, spike_oracle=self.spike_oracle)
+
+    def clean_spikes(self) -> torch.Tensor:
+        return self.encoder.spikes(self.x, self.idx)
+
+    def float_predictions(self) -> np.ndarray | None:
+        if self.target.network is None:
+            return None
+        rec = run_float(self.target.network, self.clean_spikes()).recording
+        return rec.output.astype(np.int64).sum(axis=0).argmax(axis=1)
+
+
+def run_attack(ev: Evaluator, ctx: AttackContext, name: str, eps: float,
+               points: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, int]:
+    """Attack the given sample indices; returns the full adversarial input set (clean elsewhere),
+    the source's predictions on the attacked points, and the queries used."""
+    attack = ATTACKS[name]
+    before = ctx.queries_used
+    if attack.domain == "spikes":
+        if not ev.encoder.stochastic:
+            raise UserError(f"{name} changes spike trains: it needs a spike encoding (rate), and"
+                            f" this Deployment uses {ev.encoding!r}")
+        full = ev.clean_spikes()
+        if len(points):
+            part = attack.run(ctx, full[:, points], ev.y[points], points, eps)
+            full[:, points] = part
+            with torch.no_grad():
+                src = ctx.source.spike_logits(part).argmax(dim=1).numpy()
+        else:
+            src = np.zeros(0, dtype=np.int64)
+    else:
+        full = ev.x.clone()
+        if len(points):
+            part = attack.run(ctx, ev.x[points], ev.y[points], points, eps)
+            full[points] = part
+            with torch.no_grad():
+                src = ctx.logits(part, points).argmax(dim=1).numpy()
+        else:
+            src = np.zeros(0, dtype=np.int64)
+    return full, src, ctx.queries_used - before
+
+
+def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: AttackSettings,
+          sources: list[SourceSpec], ensemble: bool = False,
+          on_progress: Progress | None = None) -> Robustness:
+    """Run every (source, attack, eps) and verify on the backend; see the module docstring."""
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise UserError(f"unknown attack {unknown[0]!r}: choose from {', '.join(attack_names())}")
+    if any(e < 0 for e in eps):
+        raise UserError(f"--eps must be >= 0, got {min(eps)}")
+    spiky = [a for a in attacks if ATTACKS[a].domain == "spikes"]
+    if spiky and not ev.encoder.stochastic:
+        raise UserError(f"{spiky[0]} changes spike trains: it needs a spike encoding (rate), and"
+                        f" this Deployment uses {ev.encoding!r}")
+    started = time.perf_counter()
+    say = on_progress or (lambda _msg: None)
+    y = ev.y.numpy()
+    say(f"clean run on {ev.backend}")
+    clean = ev.verify(ev.x)
+    clean_ok = clean.predictions == y
+    float_pred = ev.float_predictions()
+    contexts = {spec.label: ev.context(spec, settings) for spec in sources}
+    rows: list[AttackRow] = []
+    alive_by_key: dict[tuple[str, str, str], np.ndarray] = {}  # (attack, source, domain) -> robust
+    ens_alive = clean_ok.copy()
+    examples: dict = {}
+    for e in sorted(eps):
+        ens_before = ens_alive.copy()
+        for name in attacks:
+            attack = ATTACKS[name]
+            for label, ctx in contexts.items():
+                if attack.uses != "gradient" and label != next(iter(contexts)):
+                    continue  # query and noise attacks do not depend on the gradient source
+                key = (name, label if attack.uses == "gradient" else "-", attack.domain)
+                # in an ensemble every attack works on, and reports, the running worst case
+                alive = ens_alive if ensemble else alive_by_key.setdefault(key, clean_ok.copy())
+                targets = np.flatnonzero(ens_alive if ensemble else np.ones_like(clean_ok))
+                t0 = time.perf_counter()
+                say(f"{name} ({key[1]}) eps={e:g} on {len(targets)} samples")
+                adv, src, queries = run_attack(ev, ctx, name, e, torch.as_tensor(targets))
+                seconds = time.perf_counter() - t0
+                say(f"verifying {name} eps={e:g} on {ev.backend}")
+                ver = ev.verify(adv, attack.domain)
+                ok = ver.predictions == y
+                alive &= ok
+                attacked = targets
+                rows.append(AttackRow(
+                    attack=name, source=key[1], norm=settings.norm if attack.domain == "input"
+                    else "spikes", eps=e, robust_accuracy=float(alive.mean()),
+                    attack_accuracy=float(ok[attacked].mean()) if len(attacked) else float("nan"),
+                    source_accuracy=float((src == y[attacked]).mean()) if len(attacked) else float("nan"),
+                    agreement=float((src == ver.predictions[attacked]).mean()) if len(attacked) else None,
+                    attacked=len(attacked), spikes_per_sample=ver.activity.spikes_per_sample,
+                    synops_per_sample=ver.activity.synops_per_sample,
+                    energy_per_sample_nj=None if ver.energy is None else ver.energy.per_sample_nj,
+                    seconds=seconds, queries=queries, eps_unit=attack.eps_unit, correct=ok,
+                    inputs=adv, domain=attack.domain))
+                flipped = np.flatnonzero(clean_ok & ~ok)
+                if len(flipped) and "adversarial" not in examples and attack.domain == "input":
+                    i = int(flipped[0])
+                    examples = {"sample": i, "attack": name, "eps": e, "label": int(y[i]),
+                                "clean": _one(clean.recording, i), "adversarial": _one(ver.recording, i),
+                                "clean_input": ev.clean_spikes()[:, i].numpy(),
+                                "adversarial_input": ev.encoder.spikes(adv[i:i + 1], ev.idx[i:i + 1])[:, 0].numpy()}
+        if ensemble:
+            rows.append(AttackRow(
+                attack="ensemble", source="+".join(contexts), norm=settings.norm, eps=e,
+                robust_accuracy=float(ens_alive.mean()),
+                attack_accuracy=float(ens_alive[ens_before].mean()) if ens_before.any() else float("nan"),
+                source_accuracy=float("nan"), agreement=None, attacked=int(ens_before.sum()),
+                spikes_per_sample=float("nan"), synops_per_sample=float("nan"),
+                energy_per_sample_nj=None, seconds=0.0))
+    return Robustness(
+        backend=ev.backend, n=len(y), steps=ev.steps, encoding=ev.encoding,
+        clean_accuracy=float(clean_ok.mean()), clean=clean,
+        float_agreement=None if float_pred is None else float((float_pred == clean.predictions).mean()),
+        rows=rows, labels=y, settings=settings, sources=list(contexts), ensemble=ensemble,
+        query_backend="emulator (bit-exact to lava-sim)" if ev.backend == "lava-sim" else ev.backend,
+        examples=examples, wall_time_s=time.perf_counter() - started)
+
+
+def _one(rec: Recording, i: int) -> dict:
+    """Sample i's output-layer spikes (T, C) and per-layer spike counts."""
+    return {"output": rec.output[:, i].copy(),
+            "layer_spikes": [int(c[i].sum()) for c in rec.counts],
+            "layer_names": list(rec.layer_names)}
