@@ -237,7 +237,9 @@ def _fresh_gap(ev: Evaluator, result: Robustness) -> tuple[bool, str] | None:
             and r.domain == "input" and r.attacked == result.n]
     if not rows:
         return None
-    r = max(rows, key=lambda r: (r.eps, -r.attack_accuracy))
+    # the smallest eps that halves accuracy: at larger eps every draw is fooled, which says nothing
+    halved = [r for r in rows if r.attack_accuracy <= result.clean_accuracy / 2]
+    r = min(halved, key=lambda r: r.eps) if halved else max(rows, key=lambda r: r.eps)
     assert r.inputs is not None
     fresh = ev.encoder.spikes(r.inputs, ev.idx, draw=1)
     acc = float((ev.verify(fresh, "spikes", backend="emulator").predictions == result.labels).mean())

@@ -46,10 +46,62 @@ def _wrap32(x: torch.Tensor) -> torch.Tensor:
 _HALF = 0.5 - 2.0 ** -13
 
 
-def _trunc(x: torch.Tensor) -> torch.Tensor:
-    """trunc(x) for multiples of 2**-12 (u * keep): half a unit toward zero, then round; torch's
-    trunc is not vectorised on CPU (see run.emulator.decay_)."""
-    return torch.round(x - torch.sgn(x) * _HALF)
+def _exact_matmul(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """s @ w.T for integer-valued s and w, in float32 (twice BLAS's float64 speed) when no sum can
+    reach 2**24, where float32 stops holding integers exactly; else in float64."""
+    worst = _abs_max(s) * float(w.detach().abs().sum(dim=1).max()) if w.numel() else 0.0
+    if worst < 1 << 24:
+        return torch.matmul(s.to(torch.float32), w.to(torch.float32).T).to(torch.float64)
+    return torch.matmul(s, w.T)
+
+
+class _Threshold(torch.autograd.Function):
+    """Spikes z = [v > theta] (float) and the reset mask (bool), in two operations; backward the
+    surrogate derivative at x = (v - theta) / scale, to v and (summed) to theta."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor, shape: str,  # type: ignore[override]
+                width: float):
+        mask = v > theta
+        ctx.save_for_backward(v, theta, scale)
+        ctx.shape, ctx.width = shape, width
+        ctx.mark_non_differentiable(mask)
+        return mask.to(v.dtype), mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _mask_grad: torch.Tensor):  # type: ignore[override]
+        v, theta, scale = ctx.saved_tensors
+        g = grad * SURROGATES[ctx.shape]((v - theta) / scale, ctx.width) / scale
+        g_theta = -g.sum().reshape(theta.shape) if ctx.needs_input_grad[1] else None
+        return g, g_theta, None, None, None
+
+
+class _Saturate(torch.autograd.Function):
+    """Forward clamp to [-limit, limit], backward identity (straight through)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, limit: float) -> torch.Tensor:  # type: ignore[override]
+        return torch.clamp(x, -limit, limit)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+class _Decay(torch.autograd.Function):
+    """Forward trunc(x * keep) for integers x and keep a multiple of 2**-12 (half a unit toward
+    zero, then round: torch's trunc is not vectorised on CPU, see run.emulator.decay_); backward
+    the derivative of x * keep, the truncation passed straight through."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.keep = keep
+        y = x * keep
+        return y.sub_(torch.sgn(y), alpha=_HALF).round_()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad * ctx.keep, None
 
 
 def _abs_max(x: torch.Tensor) -> float:
@@ -174,13 +226,22 @@ class EmulatorTwin(torch.nn.Module):
             raise UserError(f"input has {x.shape[2]} channels, the deployment takes {self.dep.input_size}")
         big = float(p.state_max)
         unity = float(p.decay_unity)
-        s = _ste(x * self.dep.input_scale, torch.round)
+        s = _ste(x * self.dep.input_scale if self.dep.input_scale != 1 else x, torch.round)
         outs = []
+        shift = float(1 << p.activation_shift)
         for k, layer in enumerate(self.dep.layers):
-            ff = self._shifted(torch.matmul(s, self._grid_weights(k).T), layer.weight_exp,
-                               layer.num_message_bits > 0)
+            w = self._grid_weights(k)
             rec = self._recurrent(k)
-            shift = float(1 << p.activation_shift)
+            into_u = float(1 << (layer.weight_exp + p.activation_shift)) if layer.weight_exp >= 0 else 0.0
+            worst = _abs_max(s) * float(w.detach().abs().sum(dim=1).max()) if w.numel() else 0.0
+            # A feed-forward layer whose input, shifted into u, cannot leave int32: no wrap can
+            # happen, so the exponent and activation shifts are one multiplication.
+            folded = rec is None and 0 < into_u and worst * into_u < _INT31
+            if folded:
+                acts_all = _exact_matmul(s, w) * into_u
+                ff = acts_all
+            else:
+                ff = self._shifted(_exact_matmul(s, w), layer.weight_exp, layer.num_message_bits > 0)
             u_keep = (unity - (layer.du + p.du_offset)) / unity
             v_keep = (unity - (layer.dv + p.dv_offset)) / unity
             theta = _ste(self.vth[k], lambda t: torch.clamp(torch.round(t), 0, p.vth_max))
@@ -189,12 +250,13 @@ class EmulatorTwin(torch.nn.Module):
             bias = _ste(self.bias[k], lambda b: _wrap32(torch.round(b)))
             # Which integer wraps and clamps can change a value, from this input's bounds (as
             # run.emulator._bounds): the others are identities, forward and backward, and skipped.
-            a_peak = _abs_max(ff) + (0.0 if rec is None else rec[2])
-            act_peak = a_peak * shift
+            act_peak = _abs_max(ff) * (1.0 if folded else shift) + \
+                (0.0 if rec is None else rec[2] * shift)
             wrap_act = act_peak >= _INT31
             checked = u_keep >= 1.0 or act_peak / (1.0 - u_keep) >= big
             bias_peak = _abs_max(bias.detach())
-            clamp_v = checked or v_keep >= 1.0 or bias_peak + 2 * big >= _INT31 or \
+            wrap_v = checked or bias_peak + 2 * big >= _INT31
+            clamp_v = wrap_v or v_keep >= 1.0 or \
                 (act_peak / (1.0 - u_keep) + bias_peak) / (1.0 - v_keep) >= big - 1
             u = torch.zeros(batch, layer.size, dtype=torch.float64, device=x.device)
             v = torch.zeros_like(u)
@@ -203,21 +265,35 @@ class EmulatorTwin(torch.nn.Module):
             if carry is not None:
                 z_prev = carry.to(torch.float64).detach()
             spikes = []
+            has_bias = bias.requires_grad or bias_peak > 0
+            # per-step slices by unbind: indexing [t] would make the backward pass fill a zero
+            # (T, B, n) gradient for every step
+            if folded:
+                acts = acts_all.unbind(0)
+            elif rec is None:  # the shift into u, for all steps at once
+                acts = (_ste(ff * shift, _wrap32) if wrap_act else ff * shift).unbind(0)
+            else:
+                ffs = ff.unbind(0)
             for t in range(steps):
-                a = ff[t]
-                if rec is not None:  # the LIF's input port sums both Dense outputs (int32)
-                    a = _ste(a + self._shifted(torch.matmul(z_prev, rec[0].T), rec[1], False),
+                if rec is None:
+                    act = acts[t]
+                else:  # the LIF's input port sums both Dense outputs (int32)
+                    a = _ste(ffs[t] + self._shifted(torch.matmul(z_prev, rec[0].T), rec[1], False),
                              _wrap32)
-                act = _ste(a * shift, _wrap32) if wrap_act else a * shift
-                u = _ste(u * u_keep, _trunc) + act
+                    act = _ste(a * shift, _wrap32) if wrap_act else a * shift
+                u = _Decay.apply(u, u_keep) + act
                 if checked:
                     u = _ste(u, lambda z: _wrap32(z))
                     u = _ste(u, lambda z: z - (z > big) * (2 * big) + (z <= -big) * (2 * big))
-                v = _ste(v * v_keep, _trunc) + u + bias
-                if clamp_v:
-                    v = _ste(v, lambda z: torch.clamp(_wrap32(z), -big + 1, big - 1))
-                z = _Spike.apply((v - theta) / scale, self.surrogate, self.width)
-                v = v * (1.0 - z.detach())
+                v = _Decay.apply(v, v_keep) + u
+                if has_bias:
+                    v = v + bias
+                if clamp_v:  # saturation, with an int32 wrap first where the sum could overflow
+                    if wrap_v:
+                        v = _ste(v, _wrap32)
+                    v = _Saturate.apply(v, big - 1)
+                z, fired = _Threshold.apply(v, theta, scale, self.surrogate, self.width)
+                v = v.masked_fill(fired, 0.0)
                 spikes.append(z)
                 z_prev = z
             s = torch.stack(spikes)
