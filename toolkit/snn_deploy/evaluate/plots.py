@@ -70,6 +70,8 @@ def write_plots(result: Robustness, out_dir: str | Path, *, energy_basis: str | 
                                    fontsize=8)
             t, c = np.nonzero(outp)
             axes[1, col].scatter(t, c, s=6, color="tab:red")
+            axes[1, col].set_ylim(-0.5, outp.shape[1] - 0.5)
+            axes[0, col].set_ylim(-0.5, inp.shape[1] - 0.5)
             pred = int(outp.sum(axis=0).argmax())
             axes[1, col].set_title(f"output spikes: predicts {pred}", fontsize=8)
             axes[1, col].set_xlabel("time step")
