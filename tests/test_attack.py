@@ -185,3 +185,19 @@ def test_ensemble_is_the_per_sample_worst_case(evaluator):
     single = sweep(evaluator, attacks=["pgd"], eps=[0.1], settings=AttackSettings(iterations=5),
                    sources=sources[:1])
     assert ensemble[0].robust_accuracy <= single.rows[0].robust_accuracy
+
+
+def test_report_has_per_layer_energy_clean_and_adversarial(evaluator, small_model_files):
+    from snn_deploy.evaluate.attack_report import attack_report
+
+    result = sweep(evaluator, attacks=["fgsm"], eps=[0.0, 0.3], settings=AttackSettings(),
+                   sources=[SourceSpec()])
+    report = attack_report(result, target=load_target(small_model_files["deployment"]),
+                           dataset="digits", seed=3)
+    for part in [report["clean"], *report["results"]]:
+        layers = part["layers"]
+        assert len(layers) == 2 and all(layer["energy_nj"] > 0 for layer in layers)
+        assert sum(layer["energy_nj"] for layer in layers) == pytest.approx(part["energy_per_sample_nj"])
+        assert sum(layer["spikes_per_sample"] for layer in layers) == pytest.approx(part["spikes_per_sample"])
+    assert report["energy_basis"] == "proxy"
+    json.dumps(report)

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from snn_deploy.evaluate.report import format_table, versions
-from snn_deploy.evaluate.robustness import AttackRow, Robustness
+from snn_deploy.evaluate.robustness import AttackRow, Robustness, layer_activity
 from snn_deploy.fileio import atomic_path
 from snn_deploy.targets import Target
 
@@ -27,6 +27,7 @@ def _row(r: AttackRow) -> dict:
         "source_accuracy": _num(r.source_accuracy),
         "synops_per_sample": _num(r.synops_per_sample),
         "attacked": r.attacked, "queries": r.queries, "seconds": r.seconds,
+        "layers": r.layers,
     }
 
 
@@ -48,6 +49,7 @@ def attack_report(result: Robustness, *, target: Target, dataset: str, seed: int
             "spikes_per_sample": clean.activity.spikes_per_sample,
             "synops_per_sample": clean.activity.synops_per_sample,
             "energy_per_sample_nj": None if energy is None else energy.per_sample_nj,
+            "layers": layer_activity(clean),
         },
         "energy_basis": None if energy is None else energy.basis,
         "energy_profile": None if energy is None else energy.profile,

@@ -70,6 +70,7 @@ class AttackRow:
     synops_per_sample: float
     energy_per_sample_nj: float | None
     seconds: float
+    layers: list[dict] = dataclasses.field(default_factory=list)  # per layer: spikes, synops, nJ
     queries: int = 0
     eps_unit: str = "input range [0, 1]"
     # per sample, kept for the checks and plots (not in the JSON): backend-correct on this
@@ -260,7 +261,8 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
                     attacked=len(attacked), spikes_per_sample=ver.activity.spikes_per_sample,
                     synops_per_sample=ver.activity.synops_per_sample,
                     energy_per_sample_nj=None if ver.energy is None else ver.energy.per_sample_nj,
-                    seconds=seconds, queries=queries, eps_unit=attack.eps_unit, correct=ok,
+                    seconds=seconds, layers=layer_activity(ver), queries=queries,
+                    eps_unit=attack.eps_unit, correct=ok,
                     inputs=adv, domain=attack.domain))
                 flipped = np.flatnonzero(clean_ok & ~ok)
                 if len(flipped) and "adversarial" not in examples and attack.domain == "input":
@@ -284,6 +286,15 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
         rows=rows, labels=y, settings=settings, sources=list(contexts), ensemble=ensemble,
         query_backend="emulator (bit-exact to lava-sim)" if ev.backend == "lava-sim" else ev.backend,
         examples=examples, wall_time_s=time.perf_counter() - started)
+
+
+def layer_activity(ver: Verified) -> list[dict]:
+    """Per layer and sample: spikes sent, synaptic operations received, energy (nJ or None)."""
+    a = ver.activity
+    energy = ver.energy.layers_nj if ver.energy is not None else [None] * len(a.layer_spikes_per_sample)
+    return [{"name": name, "spikes_per_sample": spikes, "synops_per_sample": synops, "energy_nj": nj}
+            for name, spikes, synops, nj in zip(ver.recording.layer_names, a.layer_spikes_per_sample,
+                                                a.layer_synops_per_sample, energy)]
 
 
 def _one(rec: Recording, i: int) -> dict:
