@@ -18,6 +18,7 @@ import nir
 import numpy as np
 
 from snn_deploy.errors import InputFileError, UnsupportedNode, UserError
+from snn_deploy.hdf5_limits import check_declared_sizes
 
 SYNAPSE_TYPES = ("Affine", "Linear")
 NEURON_TYPES = ("CubaLIF", "LIF", "IF")
@@ -87,6 +88,9 @@ def read_nir_bytes(data: bytes, *, origin: str) -> nir.NIRGraph:
 
 
 def _read(source: Path | io.BytesIO, *, origin: str) -> nir.NIRGraph:
+    check_declared_sizes(source, origin=origin)
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
         graph = nir.read(source)
     except Exception as exc:  # h5py/nir raise OSError, KeyError, ValueError... on foreign files

@@ -14,6 +14,7 @@ import numpy as np
 
 from snn_deploy.errors import InputFileError, ProfileError, UserError
 from snn_deploy.fileio import atomic_path
+from snn_deploy.hdf5_limits import check_declared_sizes
 from snn_deploy.profiles import Profile, parse_profile
 
 FORMAT_TAG = "snn-deploy-deployment"
@@ -157,6 +158,7 @@ def load_deployment(path: str | Path) -> Deployment:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"deployment file not found: {path}")
+    check_declared_sizes(path, origin=str(path))
     try:
         f = h5py.File(path, "r")
     except OSError:
@@ -201,7 +203,7 @@ def load_deployment(path: str | Path) -> Deployment:
             )
         except ProfileError:
             raise
-        except (KeyError, ValueError, TypeError, OSError) as exc:
+        except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
             raise InputFileError(f"{path} is a damaged deployment file: {exc}") from None
     validate_deployment(dep, origin=str(path))
     return dep

@@ -60,6 +60,7 @@ import numpy as np
 
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError, UnsupportedNode
 from snn_deploy.fileio import atomic_path
+from snn_deploy.hdf5_limits import check_declared_sizes
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import (
     Deployment,
@@ -446,6 +447,7 @@ def read_netx(path: str | Path, *, profile: Profile, skip_layers: int = 0,
         raise InputFileError(f"skip_layers {skip_layers} / num_layers {num_layers} select nothing")
     if not path.is_file():
         raise InputFileError(f"netx file not found: {path}")
+    check_declared_sizes(path, origin=str(path))
     try:
         f = h5py.File(path, "r")
     except OSError:
@@ -454,7 +456,7 @@ def read_netx(path: str | Path, *, profile: Profile, skip_layers: int = 0,
     try:
         with f:
             dep = _read(f, path, profile, skip_layers, num_layers)
-    except (KeyError, ValueError, TypeError, OSError, json.JSONDecodeError) as exc:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError, json.JSONDecodeError) as exc:
         raise InputFileError(f"{path} is a damaged netx file: {exc}") from None
     validate_deployment(dep, origin=str(path))
     return dep
