@@ -50,3 +50,26 @@ def test_unknown_encoding_and_bad_steps():
         encode(torch.zeros(1, 2), encoding="morse", steps=3, seed=0)
     with pytest.raises(UserError, match="--steps must be in 1..100000"):
         encode(torch.zeros(1, 2), encoding="rate", steps=0, seed=0)
+
+
+def test_latency_coding_spikes_once_earlier_for_larger_values():
+    from snn_deploy.coding import encode
+
+    x = torch.tensor([[1.0, 0.5, 0.25, 0.0]])
+    s = encode(x, encoding="latency", steps=8, seed=0)
+    assert s.shape == (8, 1, 4)
+    assert s.sum(dim=0).tolist() == [[1.0, 1.0, 1.0, 0.0]]  # x = 0 never spikes
+    assert [int(s[:, 0, j].argmax()) for j in range(3)] == [0, 4, 6]  # floor((1 - x) T)
+
+
+def test_burst_codings_spike_for_a_share_of_the_window_at_its_start_or_end():
+    from snn_deploy.coding import encode
+
+    x = torch.tensor([[1.0, 0.5, 0.3, 0.0]])
+    first = encode(x, encoding="burst-first", steps=10, seed=0)[:, 0]
+    last = encode(x, encoding="burst-last", steps=10, seed=0)[:, 0]
+    assert first.sum(dim=0).tolist() == [10.0, 5.0, 3.0, 0.0]
+    assert last.sum(dim=0).tolist() == [10.0, 5.0, 3.0, 0.0]
+    assert first[:5, 1].tolist() == [1.0] * 5 and last[5:, 1].tolist() == [1.0] * 5
+    assert torch.equal(encode(x, encoding="latency", steps=10, seed=1),
+                       encode(x, encoding="latency", steps=10, seed=2))  # deterministic

@@ -29,6 +29,11 @@ def _hidden(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int
         raise click.BadParameter(f"expected sizes like 128 or 128,64, got {value!r}") from None
 
 
+def _hidden_or_default(ctx: click.Context, param: click.Parameter,
+                       value: str | None) -> tuple[int, ...] | None:
+    return None if value is None else _hidden(ctx, param, value)
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -57,22 +62,46 @@ def cli() -> None:
 @cli.command()
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="digits", show_default=True)
 @click.option("--encoding", type=click.Choice(sorted(ENCODERS)), default="rate", show_default=True)
-@click.option("--hidden", default="128", show_default=True, callback=_hidden,
-              help="Hidden layer sizes, e.g. 128,64.")
+@click.option("--hidden", default=None, callback=_hidden_or_default,
+              help="Hidden layer sizes, e.g. 128,64 (default 128; with --ann --conv: none).")
 @click.option("--steps", type=int, default=32, show_default=True, help="Time steps per sample.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ann", is_flag=True, help="Train a ReLU ANN (for `snn-deploy convert`) instead.")
+@click.option("--conv", is_flag=True, help="With --ann: a small conv block before the dense layers.")
+@click.option("--adversarial", type=click.Choice(["none", "pgd", "trades"]), default="none",
+              show_default=True, help="With --ann: adversarial training (PGD L-inf or TRADES).")
+@click.option("--eps", type=float, default=0.1, show_default=True,
+              help="With --adversarial: L-inf radius in the input range [0, 1].")
+@click.option("--attack-steps", type=int, default=10, show_default=True,
+              help="With --adversarial: PGD steps per training example.")
+@click.option("--beta", type=float, default=6.0, show_default=True,
+              help="With --adversarial trades: weight of the KL term.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Checkpoint (.pt).")
-def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, out) -> None:
-    """Train a Norse LIF network with surrogate-gradient BPTT."""
+def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, conv, adversarial,
+          eps, attack_steps, beta, out) -> None:
+    """Train a Norse LIF network with surrogate-gradient BPTT (or, with --ann, a ReLU ANN)."""
     from tqdm import tqdm
 
     from snn_deploy import api
     from snn_deploy.train.model import save_checkpoint
 
+    ctx = click.get_current_context()
+    given = {p for p in ("encoding", "steps") if ctx.get_parameter_source(p).name != "DEFAULT"}
+    if ann and given:
+        raise UserError(f"--{sorted(given)[0]} does not apply to --ann (an ANN has no time steps"
+                        " or input coding; `snn-deploy convert` sets them)")
+    if not ann and (conv or adversarial != "none"):
+        raise UserError("--conv and --adversarial apply to --ann only")
     check_writable(out)
+    if ann:
+        _train_ann(dataset=dataset, hidden=hidden, conv=conv, epochs=epochs, lr=lr,
+                   batch_size=batch_size, seed=seed, adversarial=adversarial, eps=eps,
+                   attack_steps=attack_steps, beta=beta, out=out)
+        return
+    hidden = hidden or (128,)
     bar = tqdm(total=epochs, desc="train", unit="epoch", file=sys.stderr, disable=None)
 
     def on_epoch(stats) -> None:
@@ -95,6 +124,59 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, out) -
                f" LIF network ({encoding} coding, T={steps}) on {dataset}: train accuracy"
                f" {last.train_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}")
     click.echo(f"wrote {out}")
+
+
+def _train_ann(*, dataset, hidden, conv, epochs, lr, batch_size, seed, adversarial, eps,
+               attack_steps, beta, out) -> None:
+    from snn_deploy.convert.ann_api import save_ann, train_ann
+
+    def on_epoch(stats) -> None:
+        click.echo(f"epoch {stats.epoch}/{epochs}: loss {stats.loss:.4f},"
+                   f" train accuracy {stats.train_accuracy:.4f}", err=True)
+
+    result = train_ann(dataset=dataset, hidden=hidden, conv=conv, epochs=epochs, lr=lr,
+                       batch_size=batch_size, seed=seed, adversarial=adversarial, eps=eps,
+                       attack_steps=attack_steps, beta=beta, on_epoch=on_epoch)
+    save_ann(result, out, seed=seed)
+    how = "" if adversarial == "none" else f", {adversarial} adversarial training at eps {eps:g}"
+    click.echo(f"trained ReLU ANN ({'conv' if conv else 'MLP'}{how}) on {dataset}:"
+               f" test accuracy {result.test_accuracy:.4f}")
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("ann_path", metavar="ANN.pt", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="NIR graph (.nir).")
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
+              help="Calibration data (default: the ANN's own data set).")
+@click.option("--steps", type=int, default=32, show_default=True, help="Time steps per sample.")
+@click.option("--norm", type=click.Choice(["max", "percentile"]), default="max", show_default=True,
+              help="Threshold balancing: max or a percentile of each layer's activations.")
+@click.option("--percentile", type=float, default=99.9, show_default=True)
+@click.option("--threshold-scale", type=float, default=1.0, show_default=True,
+              help="Multiply every threshold (0.3: Ozdenizci & Legenstein's low-latency scaling).")
+@click.option("--encoding", type=click.Choice(["direct", "rate"]), default="direct",
+              show_default=True)
+@click.option("--calibration-samples", type=int, default=None,
+              help="Calibrate on the first N training samples (default: all).")
+def convert(ann_path, out, dataset, steps, norm, percentile, threshold_scale, encoding,
+            calibration_samples) -> None:
+    """Convert a ReLU ANN into a NIR graph of IF neurons with balanced thresholds."""
+    from snn_deploy.convert import ann_api
+    from snn_deploy.evaluate.report import format_table
+
+    check_writable(out)
+    summary = ann_api.convert(ann_path, out=out, dataset=dataset, steps=steps, norm=norm,
+                              percentile=percentile, threshold_scale=threshold_scale,
+                              encoding=encoding, calibration_samples=calibration_samples)
+    rows = [[layer.name, layer.neurons, layer.activation_scale, layer.threshold,
+             f"{layer.active_share:.1%}", f"{layer.saturated_share:.2%}"] for layer in summary.layers]
+    click.echo(format_table(["layer", "neurons", "lambda", "threshold", "active", "saturated"], rows))
+    click.echo(f"{norm} norm{'' if norm == 'max' else f' ({percentile:g}th percentile)'}, threshold"
+               f" scale {threshold_scale:g}, calibrated on {summary.calibration_samples}"
+               f" {summary.dataset} samples; {encoding} coding, T = {steps}; ANN test accuracy"
+               f" {summary.ann_test_accuracy:.4f}")
+    click.echo(f"wrote {out}: {' -> '.join(summary.node_types)}")
 
 
 @cli.command()

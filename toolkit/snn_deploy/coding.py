@@ -40,14 +40,56 @@ def direct_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
     return x.to(torch.float32).unsqueeze(0).expand(steps, *x.shape).contiguous()
 
 
+def latency_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
+    """Latency (time-to-first-spike) coding: one spike at step floor((1 - x) T), none for x = 0.
+
+    Larger values spike earlier (x = 1 at step 0). Deterministic; ``seed`` is ignored. Ding et al.
+    2023 (arXiv 2306.05654), Sec. "encoding schemes".
+
+    Returns:
+        (T, B, n) float32 tensor with at most one spike per channel.
+    """
+    del seed
+    x = x.clamp(0.0, 1.0).to(torch.float32)
+    when = torch.floor((1.0 - x) * steps)  # x = 0 -> T: outside the window, no spike
+    t = torch.arange(steps, dtype=torch.float32).view(-1, *([1] * x.dim()))
+    return (t == when.unsqueeze(0)).to(torch.float32)
+
+
+def burst_first_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
+    """Burst-first coding: a spike at every step t with t / T < x (a burst from step 0 whose
+    length codes the value). Deterministic; ``seed`` is ignored. Ding et al. 2023 ("pre")."""
+    del seed
+    x = x.clamp(0.0, 1.0).to(torch.float32)
+    t = torch.arange(steps, dtype=torch.float32).view(-1, *([1] * x.dim())) / steps
+    return (t < x.unsqueeze(0)).to(torch.float32)
+
+
+def burst_last_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
+    """Burst-last coding: a spike at every step t with t / T >= 1 - x (a burst that ends at the
+    last step). Deterministic; ``seed`` is ignored. Ding et al. 2023 ("post")."""
+    del seed
+    x = x.clamp(0.0, 1.0).to(torch.float32)
+    t = torch.arange(steps, dtype=torch.float32).view(-1, *([1] * x.dim())) / steps
+    return ((t >= 1.0 - x.unsqueeze(0)) & (x.unsqueeze(0) > 0)).to(torch.float32)
+
+
 MAX_STEPS = 100_000  # a bound on --steps, so a typo fails at once rather than in an allocation
 
 Encoder = Callable[..., torch.Tensor]
 
-ENCODERS: dict[str, Encoder] = {"rate": rate_encode, "direct": direct_encode}
+ENCODERS: dict[str, Encoder] = {
+    "rate": rate_encode,
+    "direct": direct_encode,
+    "latency": latency_encode,
+    "burst-first": burst_first_encode,
+    "burst-last": burst_last_encode,
+}
 
 # Encodings whose output is binary spikes (the others carry graded values).
-BINARY_ENCODINGS = frozenset({"rate"})
+BINARY_ENCODINGS = frozenset({"rate", "latency", "burst-first", "burst-last"})
+# Encodings that draw random numbers (evaluation seeds them; attacks freeze or average them).
+STOCHASTIC_ENCODINGS = frozenset({"rate"})
 
 
 def encode(x: torch.Tensor, *, encoding: str, steps: int, seed: int) -> torch.Tensor:

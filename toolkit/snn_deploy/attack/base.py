@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from snn_deploy.coding import BINARY_ENCODINGS
+from snn_deploy.coding import BINARY_ENCODINGS, STOCHASTIC_ENCODINGS, encode
 from snn_deploy.errors import UserError
 
 BATCH = 512  # the encoder chunk of evaluate.accuracy.encoded_batches (kept equal by a test)
@@ -33,7 +33,8 @@ class FrozenEncoder:
 
     def __init__(self, encoding: str, *, steps: int, seed: int, n_samples: int, n_inputs: int):
         self.encoding, self.steps, self.seed = encoding, steps, seed
-        self.stochastic = encoding in BINARY_ENCODINGS
+        self.stochastic = encoding in STOCHASTIC_ENCODINGS
+        self.binary = encoding in BINARY_ENCODINGS
         self.noise: torch.Tensor | None = None
         if self.stochastic:  # the uniforms rate_encode draws, chunk by chunk, as evaluate does
             chunks = []
@@ -53,8 +54,8 @@ class FrozenEncoder:
     def spikes(self, x: torch.Tensor, idx: torch.Tensor, draw: int = 0) -> torch.Tensor:
         """(B, n) values -> (T, B, n) float32 encoder output (no gradient)."""
         x = x.detach().to(torch.float32).clamp(0.0, 1.0)
-        if not self.stochastic:
-            return x.unsqueeze(0).expand(self.steps, *x.shape).contiguous()
+        if not self.stochastic:  # deterministic encoders need no frozen noise
+            return encode(x, encoding=self.encoding, steps=self.steps, seed=self.seed)
         return (self._uniforms(idx, draw) < x.unsqueeze(0)).to(torch.float32)
 
     def differentiable(self, x: torch.Tensor, idx: torch.Tensor, draw: int = 0) -> torch.Tensor:

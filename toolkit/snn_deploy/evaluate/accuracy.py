@@ -17,6 +17,7 @@ from snn_deploy.run.emulator import Emulator
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
+from snn_deploy.train.ann import neuron_activations
 
 BACKENDS = ("float", "emulator", "lava-sim")
 DEPLOYED_BACKENDS = frozenset({"emulator", "lava-sim"})  # run the Deployment, not the float graph
@@ -87,6 +88,10 @@ def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *
     runs all samples in one Lava run.
     """
     check_backend(target, backend)
+    if target.ann is not None:
+        raise UserError(f"{target.path} is an ANN: it reads values, not spike trains; evaluate it"
+                        " on the float backend, or convert it to a NIR graph with"
+                        " `snn-deploy convert`")
     if backend == "lava-sim":
         from snn_deploy.run.lava_sim import run_lava_sim
 
@@ -135,21 +140,9 @@ def check_backend(target: Target, backend: str) -> None:
         target.require_deployment()
 
 
-def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "test",
-                    limit: int | None = None, steps: int | None = None, seed: int = 0,
-                    device: str = "cpu", on_progress: Progress | None = None) -> Evaluation:
-    """Encode the split with the model's coding, run it on the backend, score it.
-
-    float and emulator stream batches of ``BATCH`` samples (bounded memory); lava-sim runs all
-    samples in one Lava run. Encoding is seeded per fixed chunk, so every backend sees identical
-    input spikes.
-    """
-    check_backend(target, backend)
-    coding = target.coding
-    encoding = str(coding.get("encoding", "rate"))
-    steps = int(steps if steps is not None else coding.get("steps", 32))
-    if not 1 <= steps <= MAX_STEPS:
-        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
+def _samples(target: Target, split: Split, *, part: str, limit: int | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (N, n) inputs and (N,) labels of a split part, the first ``limit`` of them if given."""
     x, y = split.part(part)
     width = target.input_size
     if x.shape[1] != width:
@@ -160,6 +153,66 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
         if limit < 1:
             raise UserError(f"--limit must be >= 1, got {limit}")
         x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def evaluate_ann(target: Target, split: Split, *, part: str = "test", limit: int | None = None,
+                 steps: int | None = None, seed: int = 0, device: str = "cpu",
+                 on_progress: Progress | None = None) -> Evaluation:
+    """Accuracy of an ANN itself: argmax of its logits on the clean values, one pass per sample.
+
+    An ANN sends no spikes, so its activity counts are zero (``steps`` is 1, ``encoding`` "none");
+    its layers are those that become spiking neurons on conversion, named as in the converted
+    NIR graph, so the reports of an ANN and of its conversion line up.
+    """
+    if target.ann is None:
+        raise UserError(f"{target.path} is not an ANN")
+    if steps is not None:
+        raise UserError("an ANN has no time steps: --steps applies to spiking models")
+    x, y = _samples(target, split, part=part, limit=limit)
+    model = target.ann.to(device).eval()
+    started = time.perf_counter()
+    parts: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(x), BATCH):
+            parts.append(model(x[start:start + BATCH].to(device)).argmax(dim=1).cpu().numpy())
+            if on_progress is not None:
+                on_progress(min(start + BATCH, len(x)), len(x))
+        layers = neuron_activations(model.net, torch.zeros(1, *target.ann.config.input_shape,
+                                                           device=device))
+    wall = time.perf_counter() - started
+    predictions = np.concatenate(parts).astype(np.int64)
+    sizes = tuple(int(a[0].numel()) for _, a in layers)
+    zeros = (0.0,) * len(layers)
+    return Evaluation(
+        backend="float", n=int(len(y)), steps=1, encoding="none", seed=seed,
+        accuracy=float((predictions == y.numpy()).mean()), predictions=predictions,
+        activity=ActivityCounts(spikes_per_sample=0.0, synops_per_sample=0.0,
+                                layer_spikes_per_sample=zeros, layer_synops_per_sample=zeros,
+                                layer_updates_per_sample=zeros),
+        layer_names=tuple(name for name, _ in layers), layer_sizes=sizes, wall_time_s=wall,
+    )
+
+
+def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "test",
+                    limit: int | None = None, steps: int | None = None, seed: int = 0,
+                    device: str = "cpu", on_progress: Progress | None = None) -> Evaluation:
+    """Encode the split with the model's coding, run it on the backend, score it.
+
+    float and emulator stream batches of ``BATCH`` samples (bounded memory); lava-sim runs all
+    samples in one Lava run. Encoding is seeded per fixed chunk, so every backend sees identical
+    input spikes.
+    """
+    check_backend(target, backend)
+    if target.ann is not None:
+        return evaluate_ann(target, split, part=part, limit=limit, steps=steps, seed=seed,
+                            device=device, on_progress=on_progress)
+    coding = target.coding
+    encoding = str(coding.get("encoding", "rate"))
+    steps = int(steps if steps is not None else coding.get("steps", 32))
+    if not 1 <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
+    x, y = _samples(target, split, part=part, limit=limit)
     held = x.shape[0] if backend == "lava-sim" else min(x.shape[0], BATCH)  # samples in memory
     gigabytes = steps * held * x.shape[1] * 4 / 1e9
     if gigabytes > MAX_INPUT_GB:

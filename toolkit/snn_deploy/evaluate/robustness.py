@@ -184,8 +184,8 @@ def run_attack(ev: Evaluator, ctx: AttackContext, name: str, eps: float,
     attack = ATTACKS[name]
     before = ctx.queries_used
     if attack.domain == "spikes":
-        if not ev.encoder.stochastic:
-            raise UserError(f"{name} changes spike trains: it needs a spike encoding (rate), and"
+        if not ev.encoder.binary:
+            raise UserError(f"{name} changes spike trains: it needs a spike encoding, and"
                             f" this Deployment uses {ev.encoding!r}")
         full = ev.clean_spikes()
         if len(points):
@@ -217,8 +217,8 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
     if any(e < 0 for e in eps):
         raise UserError(f"--eps must be >= 0, got {min(eps)}")
     spiky = [a for a in attacks if ATTACKS[a].domain == "spikes"]
-    if spiky and not ev.encoder.stochastic:
-        raise UserError(f"{spiky[0]} changes spike trains: it needs a spike encoding (rate), and"
+    if spiky and not ev.encoder.binary:
+        raise UserError(f"{spiky[0]} changes spike trains: it needs a spike encoding, and"
                         f" this Deployment uses {ev.encoding!r}")
     started = time.perf_counter()
     say = on_progress or (lambda _msg: None)

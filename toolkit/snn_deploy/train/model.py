@@ -22,6 +22,7 @@ from snn_deploy.errors import InputFileError
 
 CHECKPOINT_FORMAT = "snn-deploy-checkpoint"
 CHECKPOINT_VERSION = 1
+LIF_KIND = "lif"  # the payload's "kind"; checkpoints written before kinds existed have none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,7 @@ def save_checkpoint(model: LIFNetwork, path: Path, *, extra: dict | None = None)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
+        "kind": LIF_KIND,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "info": dict(extra or {}),
@@ -98,8 +100,9 @@ def save_checkpoint(model: LIFNetwork, path: Path, *, extra: dict | None = None)
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path) -> LIFNetwork:
-    """Load a checkpoint written by ``save_checkpoint``; never unpickles arbitrary objects."""
+def read_checkpoint(path: Path) -> dict:
+    """The payload of an snn-deploy checkpoint of any kind (``payload["kind"]``: "lif" when absent,
+    or "ann"), checked for its format tag and version; never unpickles arbitrary objects."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"checkpoint not found: {path}")
@@ -115,9 +118,30 @@ def load_checkpoint(path: Path) -> LIFNetwork:
             f"{path}: checkpoint version {payload.get('version')} is not supported"
             f" (this snn-deploy reads version {CHECKPOINT_VERSION})"
         )
+    return payload
+
+
+def checkpoint_kind(payload: dict) -> str:
+    """Which model a checkpoint payload holds: "lif" or "ann"."""
+    return str(payload.get("kind", LIF_KIND))
+
+
+def lif_from_payload(payload: dict, path: Path) -> LIFNetwork:
+    """The LIF network of a checkpoint payload read by ``read_checkpoint``."""
+    kind = checkpoint_kind(payload)
+    if kind != LIF_KIND:
+        if kind == "ann":
+            raise InputFileError(f"{path} holds an ANN, not a LIF network: turn it into a NIR"
+                                 " graph with `snn-deploy convert`")
+        raise InputFileError(f"{path} holds a model of kind {kind!r}, not a LIF network")
     model = LIFNetwork(ModelConfig.from_dict(payload["config"]))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise InputFileError(f"{path}: weights do not match the config: {exc}") from None
     return model
+
+
+def load_checkpoint(path: Path) -> LIFNetwork:
+    """Load a checkpoint written by ``save_checkpoint``; never unpickles arbitrary objects."""
+    return lif_from_payload(read_checkpoint(path), Path(path))
