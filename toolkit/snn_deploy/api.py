@@ -19,7 +19,12 @@ from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.quantize.fixed_point import quantize_network
+from snn_deploy.quantize.fidelity import FidelityLayer, fidelity
+from snn_deploy.quantize.retune import MODES as RETUNE_MODES
+from snn_deploy.quantize.retune import RetuneResult, Simulators, retune
+from snn_deploy.run.emulator import run_emulator
 from snn_deploy.run.float_backend import run_float
+from snn_deploy.run.twin import EmulatorTwin
 from snn_deploy.train.bptt import EpochStats, TrainResult, train_bptt
 from snn_deploy.train.model import ModelConfig, load_checkpoint
 
@@ -96,6 +101,8 @@ def run(model: str | Path, *, input_path: str | Path, backend: str, device: str 
 class DeployResult:
     deployment: Deployment
     warnings: tuple[str, ...]
+    retuning: RetuneResult | None = None
+    fidelity: tuple[FidelityLayer, ...] = ()  # on the calibration input; empty without data
 
 
 def calibration_input(network: FloatNetwork, *, dataset: str | None, calibration: str | None,
@@ -141,8 +148,15 @@ def load_npy(path: str | Path) -> np.ndarray:
 
 def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
            dataset: str | None = None, calibration: str | None = None,
-           seed: int = 0) -> DeployResult:
-    """NIR file -> Deployment for a profile, calibrated on data when it is given."""
+           seed: int = 0, retune_mode: str = "none") -> DeployResult:
+    """NIR file -> Deployment for a profile, calibrated on data when it is given, and re-tuned
+    after quantization (``retune_mode``: none, rate, grad or robust; see quantize/retune.py)."""
+    if retune_mode not in ("none", *RETUNE_MODES):
+        raise UserError(f"unknown --retune {retune_mode!r}: choose from none, {', '.join(RETUNE_MODES)}")
+    if retune_mode in ("grad", "robust") and dataset is None:
+        raise UserError(f"--retune {retune_mode} needs labelled data: give --dataset")
+    if retune_mode == "rate" and dataset is None and calibration is None:
+        raise UserError("--retune rate needs data: give --dataset or --calibration")
     prof = load_profile(profile)
     nir_path = Path(nir_path)
     network = graph_to_network(read_nir(nir_path), dt=dt)
@@ -160,4 +174,33 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
             network, prof, graded_input=encoding not in BINARY_ENCODINGS, u_peaks=u_peaks,
             source_sha256=hashlib.sha256(source).hexdigest(), source_nir=source, calibration=how,
         )
-    return DeployResult(deployment=dep, warnings=tuple(str(w.message) for w in caught))
+    tuning = None
+    if retune_mode != "none":
+        tuning = _retune(dep, network, mode=retune_mode, dataset=dataset, calibration=calibration,
+                         seed=seed)
+        dep = tuning.deployment
+    report: tuple[FidelityLayer, ...] = ()
+    if x is not None:
+        report = fidelity(dep, network, float_counts=run_float(network, x).recording.counts,
+                          fixed_counts=run_emulator(dep, x).counts, steps=x.shape[0])
+    return DeployResult(deployment=dep, warnings=tuple(str(w.message) for w in caught),
+                        retuning=tuning, fidelity=report)
+
+
+def _retune(dep: Deployment, network: FloatNetwork, *, mode: str, dataset: str | None,
+            calibration: str | None, seed: int) -> RetuneResult:
+    """Re-tune on the whole training split (values and labels) or, for ``rate``, on 2-d values."""
+    if dataset is not None:
+        split = load_dataset(dataset)
+        x, y = split.x_train, split.y_train
+    else:
+        assert calibration is not None
+        values = load_npy(calibration)
+        if values.ndim != 2:
+            raise UserError(f"--retune rate with --calibration needs (N, features) values in [0, 1],"
+                            f" got shape {values.shape}")
+        x, y = torch.from_numpy(values).to(torch.float32), None
+    return retune(dep, mode=mode, x=x, y=y, seed=seed, train_weights=mode != "rate",
+                  simulators=Simulators(fixed=lambda d, s: run_emulator(d, s).counts,
+                                        twin=EmulatorTwin),
+                  float_rates=lambda s: run_float(network, s).recording.counts)

@@ -206,7 +206,11 @@ def export(checkpoint, out) -> None:
               help="Deployment file (.deploy.h5).")
 @click.option("--netx", "netx_out", type=click.Path(dir_okay=False), default=None,
               help="Also write a lava-dl netx file (needs weight exponent 0: --profile loihi2-netx).")
-def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out) -> None:
+@click.option("--retune", "retune_mode", type=click.Choice(["none", "rate", "grad", "robust"]),
+              default="none", show_default=True,
+              help="Re-tune after quantization on --dataset: thresholds to the float rates (rate),"
+                   " thresholds and weights for the task loss (grad) or an adversarial one (robust).")
+def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune_mode) -> None:
     """Quantize a NIR graph for a hardware profile and write a Deployment."""
     from snn_deploy import api
     from snn_deploy.evaluate.report import format_table
@@ -216,7 +220,7 @@ def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out) -> Non
     if netx_out:
         check_writable(netx_out)
     result = api.deploy(model, profile=profile, dt=dt, dataset=dataset, calibration=calibration,
-                        seed=seed)
+                        seed=seed, retune_mode=retune_mode)
     for message in result.warnings:
         click.echo(f"warning: {message}", err=True)
     dep = result.deployment
@@ -226,6 +230,15 @@ def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out) -> Non
     click.echo(format_table(["layer", "neurons", "sign", "w_exp", "du", "dv", "vth", "saturated",
                              "u peak / range"], rows))
     click.echo(f"profile {dep.profile.name}; calibration: {dep.calibration}")
+    if result.retuning is not None:
+        from snn_deploy.quantize.retune import format_retune
+
+        click.echo(format_retune(result.retuning))
+    if result.fidelity:
+        from snn_deploy.quantize.fidelity import format_fidelity
+
+        click.echo("fidelity on the calibration input (float graph vs emulator):")
+        click.echo(format_fidelity(result.fidelity))
     if netx_out:  # first: it refuses what netx cannot carry, and then nothing is written
         from snn_deploy.quantize.netx import write_netx
 
