@@ -80,7 +80,7 @@ def test_loihi1_uses_lavas_fixed_point_formats_and_the_papers_chip_figures():
                "activation_shift", "bias_mant_bits", "bias_exp_max", "input_graded_bits")
     assert {f: getattr(p1, f) for f in formats} == {f: getattr(p2, f) for f in formats}
     limits = tomli.loads(p1.toml_text)["limits"]
-    assert limits["cores_per_chip"] * limits["compartments_per_core"] == limits["neurons_per_chip"]
+    assert limits["cores_per_chip"] * limits["neurons_per_core"] == limits["neurons_per_chip"]
     assert (limits["cores_per_chip"], limits["synapses_per_chip"]) == (128, 130_000_000)
 
 

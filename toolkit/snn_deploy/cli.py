@@ -417,7 +417,6 @@ def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, 
     from snn_deploy.attack.base import AttackSettings
     from snn_deploy.attack.sources import SOURCE_KINDS
     from snn_deploy.data import load_dataset
-    from snn_deploy.errors import BackendUnavailable
     from snn_deploy.evaluate.attack_report import (attack_report, markdown, results_table,
                                                    square_note, write_text)
     from snn_deploy.evaluate.checks import run_checks
@@ -442,10 +441,9 @@ def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, 
     if not width > 0:
         raise UserError(f"--width must be > 0, got {width}")
     if backend == "loihi2":
-        raise BackendUnavailable(
-            "backend loihi2 needs Intel's lava-loihi package, which Intel gives members of its"
-            " Neuromorphic Research Community (INRC) with access to its Loihi 2 cloud; use"
-            " --backend emulator or lava-sim here")
+        from snn_deploy.run.loihi2 import require_lava_loihi
+
+        require_lava_loihi()
     settings = AttackSettings(norm=norm, iterations=iterations, restarts=restarts,
                               step_size=step_size, eot=eot, queries=queries, seed=seed)
     for path in (json_out,):
@@ -538,6 +536,31 @@ def compare(reports) -> None:
     for r in loaded[1:]:
         click.echo(f"{r['backend']} vs {loaded[0]['backend']}: accuracy"
                    f" {100 * (r['accuracy'] - base):+.2f} points")
+
+
+@cli.command()
+@click.argument("deployment", type=click.Path(dir_okay=False))
+@click.option("--profile", default=None,
+              help="Profile whose [limits] apply: a name or a .toml path (default: the Deployment's).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the resource report JSON here.")
+def resources(deployment, profile, json_out) -> None:
+    """Neuro cores and chips a Deployment needs under a profile's limits, and whether it fits."""
+    from snn_deploy.evaluate.report import write_json
+    from snn_deploy.evaluate.resources import format_resources
+    from snn_deploy.evaluate.resources import resources as count
+    from snn_deploy.profiles import load_profile
+    from snn_deploy.targets import load_target
+
+    if json_out:
+        check_writable(json_out)
+    chosen = load_profile(profile) if profile else None  # a bad name fails first
+    dep = load_target(deployment).require_deployment()
+    report = count(dep, chosen or dep.profile)
+    click.echo(format_resources(report))
+    if json_out:
+        write_json(report.as_dict(), json_out)
+        click.echo(f"wrote {json_out}")
 
 
 @cli.command()

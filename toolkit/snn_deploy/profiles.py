@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -61,6 +62,34 @@ class EnergyModel:
     source: str
 
 
+# Every [limits] key is optional: resources() names the ones a profile lacks as unchecked.
+LIMIT_KEYS = ("cores_per_chip", "neurons_per_chip", "synapses_per_chip", "neurons_per_core",
+              "synaptic_memory_bits_per_core", "fan_in_per_core")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Resource limits of a target, from a profile's optional ``[limits]`` section (each key
+    optional, None where the profile does not give it; the TOML cites each figure's source).
+
+    Attributes:
+        cores_per_chip: neuro cores on one chip.
+        neurons_per_chip: neurons one chip can hold.
+        synapses_per_chip: synapses one chip can hold.
+        neurons_per_core: neurons (compartments) one core can hold.
+        synaptic_memory_bits_per_core: synaptic memory of one core (bits).
+        fan_in_per_core: distinct presynaptic neurons (input axons) one core can receive from;
+            bounds the fan-in of every neuron on it.
+    """
+
+    cores_per_chip: int | None = None
+    neurons_per_chip: int | None = None
+    synapses_per_chip: int | None = None
+    neurons_per_core: int | None = None
+    synaptic_memory_bits_per_core: int | None = None
+    fan_in_per_core: int | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile:
     """Number formats of a fixed-point neuromorphic target (all integers, see hw_profiles/*.toml)
@@ -85,6 +114,7 @@ class Profile:
     toml_text: str
     sha256: str
     energy: EnergyModel | None = None  # None when the profile has no [energy] section
+    limits: Limits = Limits()  # all None when the profile has no [limits] section
 
     @property
     def decay_unity(self) -> int:
@@ -174,8 +204,38 @@ def parse_profile(text: str, *, origin: str = "<profile>") -> Profile:
         toml_text=text,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         energy=_parse_energy(data.get("energy"), origin=origin),
+        limits=_parse_limits(data.get("limits"), origin=origin),
         **values,
     )
+
+
+def _parse_limits(table: object, *, origin: str) -> Limits:
+    """The optional ``[limits]`` section: known keys must be integers >= 1, all named at once.
+
+    Unknown keys are ignored with a warning, not refused: Deployment files embed their profile's
+    TOML, and one written with a key since renamed must still load.
+    """
+    if table is None:
+        return Limits()
+    if not isinstance(table, dict):
+        raise ProfileError(f"profile {origin}: [limits] must be a table, got {table!r}")
+    problems: list[str] = []
+    values: dict[str, int] = {}
+    for key in LIMIT_KEYS:
+        value = table.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"[limits] {key} must be an integer >= 1, got {value!r}")
+        else:
+            values[key] = value
+    if problems:
+        raise ProfileError(f"profile {origin}: " + "; ".join(problems))
+    unknown = sorted(set(table) - set(LIMIT_KEYS))
+    if unknown:
+        warnings.warn(f"profile {origin}: ignoring unknown [limits] keys {', '.join(unknown)}"
+                      f" (known: {', '.join(LIMIT_KEYS)})", stacklevel=3)
+    return Limits(**values)
 
 
 def _parse_energy(table: object, *, origin: str) -> EnergyModel | None:

@@ -19,8 +19,9 @@ from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
 from snn_deploy.train.ann import neuron_activations
 
-BACKENDS = ("float", "emulator", "lava-sim")
-DEPLOYED_BACKENDS = frozenset({"emulator", "lava-sim"})  # run the Deployment, not the float graph
+BACKENDS = ("float", "emulator", "lava-sim", "loihi2")
+# run the Deployment, not the float graph
+DEPLOYED_BACKENDS = frozenset({"emulator", "lava-sim", "loihi2"})
 BATCH = 512  # samples per streamed batch and per encoder chunk
 MAX_INPUT_GB = 4.0  # encoded input is held in memory whole (float32)
 
@@ -85,7 +86,9 @@ def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *
 
     float and emulator take the batches one by one (bounded memory; one Emulator for all of them,
     so recurrent layers carry state from sample to sample as in the single Lava run); lava-sim
-    runs all samples in one Lava run.
+    and loihi2 run all samples in one Lava run (loihi2 on the chip, its Recording carrying the
+    profiler's measured time and energy; without Intel's lava-loihi it raises BackendUnavailable
+    before reading any input).
     """
     check_backend(target, backend)
     if target.ann is not None:
@@ -97,6 +100,12 @@ def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *
 
         xs = torch.cat(list(batches), dim=1)
         return run_lava_sim(target.require_deployment(), xs.numpy(), on_progress=on_progress)
+    if backend == "loihi2":
+        from snn_deploy.run.loihi2 import require_lava_loihi, run_loihi2
+
+        require_lava_loihi()
+        xs = torch.cat(list(batches), dim=1)
+        return run_loihi2(target.require_deployment(), xs.numpy(), on_progress=on_progress)
     emulator = Emulator(target.require_deployment(), device=device) \
         if backend == "emulator" else None
     parts, done = [], 0

@@ -15,6 +15,10 @@ steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on erro
 A recurrent Dense delivers, at a layer's reset step, the layer's own spikes of the step before:
 the last step of the previous sample (for the first sample, of the steps before its first
 window). Lava carries that much state across samples; the emulator reproduces it exactly.
+
+The ``loihi2`` backend (run/loihi2.py) runs this same graph, built by ``build_graph``, with
+``Loihi2HwCfg``: its ``Bridge`` puts lava-loihi's spike adapters where the host processes (source,
+recorders) meet the neuro cores; here the ``DIRECT`` bridge connects them as they are.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -67,6 +71,29 @@ def _sigint_ignored_in_children() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+class Bridge(Protocol):
+    """Joins host processes (the input source, the spike recorders) to the layers' processes."""
+
+    def to_chip(self, port: Any, *, size: int, num_message_bits: int) -> Any:
+        """The port that carries host ``port``'s (size,) messages to the layers."""
+
+    def to_host(self, port: Any, *, size: int) -> Any:
+        """The port that carries a layer's (size,) binary spikes from ``port`` to the host."""
+
+
+class _Direct:
+    """Lava's CPU simulator: host and layer processes connect port to port."""
+
+    def to_chip(self, port: Any, *, size: int, num_message_bits: int) -> Any:
+        return port
+
+    def to_host(self, port: Any, *, size: int) -> Any:
+        return port
+
+
+DIRECT: Bridge = _Direct()
+
+
 @dataclasses.dataclass(frozen=True)
 class LavaGraph:
     """The Lava processes of one run: the input source, each layer's LIF and record file."""
@@ -77,8 +104,13 @@ class LavaGraph:
     total_steps: int
 
 
-def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Path) -> LavaGraph:
-    """Create and connect the Lava processes for a (n, total_steps) int32 source buffer."""
+def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Path,
+                bridge: Bridge = DIRECT) -> LavaGraph:
+    """Create and connect the Lava processes for a (n, total_steps) int32 source buffer.
+
+    ``bridge`` joins the host processes to the layers: ``DIRECT`` for Lava's CPU simulator,
+    lava-loihi's spike adapters for Loihi 2 (run/loihi2.py); the layers are the same either way.
+    """
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
@@ -94,7 +126,8 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
 
     total_steps = data.shape[1]
     source = Source(data=data)
-    port = source.s_out
+    port = bridge.to_chip(source.s_out, size=dep.input_size,
+                          num_message_bits=dep.layers[0].num_message_bits)
     lifs, records = [], []
     for depth, layer in enumerate(dep.layers, start=1):
         ff = dense(layer.weights, weight_exp=layer.weight_exp,
@@ -116,7 +149,8 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
             loop.a_out.connect(lif.a_in)
         record = record_dir / f"layer{depth}.npy"
         create_record_file(record, steps=total_steps, width=layer.size)
-        lif.s_out.connect(SpikeRecorder(shape=(layer.size,), path=str(record)).a_in)
+        bridge.to_host(lif.s_out, size=layer.size).connect(
+            SpikeRecorder(shape=(layer.size,), path=str(record)).a_in)
         lifs.append(lif)
         records.append(record)
         port = lif.s_out
@@ -125,20 +159,24 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
 
 
 def execute(graph: LavaGraph, *, on_progress: Callable[[int, int], None] | None = None,
-            before_stop: Callable[[], None] | None = None) -> list[np.ndarray]:
-    """Run the graph to its end with Loihi2SimCfg fixed_pt; the runtime is stopped in every case.
+            before_stop: Callable[[], None] | None = None, run_cfg: Any = None,
+            chunks: int = RUN_CHUNKS) -> list[np.ndarray]:
+    """Run the graph to its end in ``chunks`` RunSteps calls; the runtime is stopped in every case.
 
-    Returns each layer's recorded spikes, (total_steps, n) uint8. ``before_stop`` runs while the
-    runtime is still up (e.g. to read Monitors).
+    ``run_cfg`` defaults to ``Loihi2SimCfg(select_tag="fixed_pt")``. Returns each layer's recorded
+    spikes, (total_steps, n) uint8. ``before_stop`` runs while the runtime is still up (e.g. to
+    read Monitors or a profiler).
     """
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
 
+    if run_cfg is None:
+        run_cfg = Loihi2SimCfg(select_tag="fixed_pt")
     total = graph.total_steps
-    bounds = np.linspace(0, total, min(RUN_CHUNKS, total) + 1).astype(int)
+    bounds = np.linspace(0, total, max(1, min(chunks, total)) + 1).astype(int)
     with _stopping(graph.source):
         with _sigint_ignored_in_children():
-            graph.source.create_runtime(run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+            graph.source.create_runtime(run_cfg=run_cfg)
         for done, todo in zip(bounds[:-1], np.diff(bounds)):
             graph.source.run(condition=RunSteps(num_steps=int(todo)))
             if on_progress is not None:
@@ -170,6 +208,12 @@ def run_lava_sim(dep: Deployment, x: np.ndarray, *,
     with tempfile.TemporaryDirectory(prefix="snn-deploy-lava-") as tmp:
         graph = build_graph(dep, data, steps=steps, record_dir=Path(tmp))
         recorded = execute(graph, on_progress=on_progress)
+    return to_recording(dep, recorded, steps=steps, batch=batch)
+
+
+def to_recording(dep: Deployment, recorded: list[np.ndarray], *, steps: int, batch: int
+                 ) -> Recording:
+    """Each layer's (B*T + L, n) recorded spikes of one run -> the Recording of its B samples."""
     per_step = [  # (B, T, n) per layer, aligned with the input
         spikes[depth:depth + batch * steps].reshape(batch, steps, -1)
         for depth, spikes in enumerate(recorded, start=1)
