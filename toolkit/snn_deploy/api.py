@@ -25,16 +25,27 @@ from snn_deploy.quantize.retune import RetuneResult, Simulators, retune
 from snn_deploy.run.emulator import run_emulator
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.twin import EmulatorTwin
-from snn_deploy.train.bptt import EpochStats, TrainResult, train_bptt
+from snn_deploy.train.bptt import EpochStats, TrainOptions, TrainResult, train_snn
 from snn_deploy.train.model import ModelConfig, load_checkpoint
 
 CALIBRATION_SAMPLES = 256  # training samples used to calibrate the peak synaptic current
 
 
 def train(*, dataset: str, hidden: tuple[int, ...], encoding: str, steps: int, epochs: int,
-          seed: int, lr: float, batch_size: int,
+          seed: int, lr: float, batch_size: int, recurrent: bool = False, rule: str = "bptt",
+          loss: str = "count", decoder_beta: float = 1.0, noise_sigma: float = 0.0,
+          adversarial: str = "none", eps: float = 0.1, attack_steps: int = 7, kappa: float = 0.5,
+          perturbation_weight: float = 0.0,
           on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
-    """Train the reference Norse LIF network on a data set."""
+    """Train the reference Norse LIF network on a data set.
+
+    ``recurrent``: hidden layers with recurrent weights (exported as NIR cycles). ``rule``: bptt,
+    decolle or eprop (``train.rules``). ``loss``: count or first_spike, which also sets the decoder
+    recorded in the checkpoint ("spike_count" or "first_spike"; logits -decoder_beta * t_first).
+    Stability (``train.bptt``): ``noise_sigma`` (Gaussian-noise training) or ``adversarial`` fgsm|pgd
+    with ``eps`` and ``attack_steps``; ``kappa`` weighs the clean loss against the perturbed one;
+    ``perturbation_weight`` is alpha of the membrane-perturbation regulariser.
+    """
     if encoding not in ENCODERS:
         raise UserError(f"unknown encoding {encoding!r}: choose from {', '.join(ENCODERS)}")
     if not hidden or any(h < 1 for h in hidden):
@@ -44,11 +55,17 @@ def train(*, dataset: str, hidden: tuple[int, ...], encoding: str, steps: int, e
             raise UserError(f"{name} must be >= 1, got {value}")
     if not lr > 0:
         raise UserError(f"--lr must be > 0, got {lr}")
+    options = TrainOptions(rule=rule, loss=loss, decoder_beta=decoder_beta,
+                           noise_sigma=noise_sigma, adversarial=adversarial, eps=eps,
+                           attack_steps=attack_steps, kappa=kappa,
+                           perturbation_weight=perturbation_weight)
+    options.check()
     split = load_dataset(dataset)
     config = ModelConfig(input_size=split.n_inputs, hidden=hidden, output_size=split.n_classes,
-                         encoding=encoding, steps=steps, dataset=dataset)
-    return train_bptt(config, split, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
-                      on_epoch=on_epoch)
+                         encoding=encoding, steps=steps, dataset=dataset, recurrent=recurrent,
+                         decoder=options.decoder, decoder_beta=decoder_beta)
+    return train_snn(config, split, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
+                     options=options, on_epoch=on_epoch)
 
 
 def export(checkpoint: str | Path, out: str | Path) -> FloatNetwork:

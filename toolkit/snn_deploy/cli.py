@@ -5,6 +5,7 @@ Exit status: 0 on success, 2 on bad input (one line on stderr), 1 on an internal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -71,17 +72,33 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ann", is_flag=True, help="Train a ReLU ANN (for `snn-deploy convert`) instead.")
 @click.option("--conv", is_flag=True, help="With --ann: a small conv block before the dense layers.")
-@click.option("--adversarial", type=click.Choice(["none", "pgd", "trades"]), default="none",
-              show_default=True, help="With --ann: adversarial training (PGD L-inf or TRADES).")
+@click.option("--adversarial", type=click.Choice(["none", "fgsm", "pgd", "trades"]),
+              default="none", show_default=True,
+              help="Adversarial training: fgsm or pgd (SNN), pgd or trades (--ann).")
 @click.option("--eps", type=float, default=0.1, show_default=True,
               help="With --adversarial: L-inf radius in the input range [0, 1].")
-@click.option("--attack-steps", type=int, default=10, show_default=True,
-              help="With --adversarial: PGD steps per training example.")
+@click.option("--attack-steps", type=int, default=None,
+              help="With --adversarial pgd/trades: steps per example (default 7 SNN, 10 ANN).")
 @click.option("--beta", type=float, default=6.0, show_default=True,
               help="With --adversarial trades: weight of the KL term.")
+@click.option("--recurrent", is_flag=True,
+              help="Hidden LIF layers with recurrent weights (exported as NIR cycles).")
+@click.option("--rule", type=click.Choice(["bptt", "decolle", "eprop"]), default="bptt",
+              show_default=True, help="Learning rule: BPTT, or layer-local DECOLLE / e-prop.")
+@click.option("--loss", type=click.Choice(["count", "first_spike"]), default="count",
+              show_default=True, help="Spike-count or first-spike (temporal) loss and decoder.")
+@click.option("--decoder-beta", type=float, default=1.0, show_default=True,
+              help="First-spike decoder: logits = -beta * first spike time.")
+@click.option("--noise-sigma", type=float, default=0.0, show_default=True,
+              help="Gaussian-noise training: sigma on the input values.")
+@click.option("--kappa", type=float, default=0.5, show_default=True,
+              help="Weight of the clean loss against the perturbed one (noise/adversarial).")
+@click.option("--perturbation-weight", type=float, default=0.0, show_default=True,
+              help="Membrane-potential perturbation regulariser (Ding et al. ICML 2024), alpha.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Checkpoint (.pt).")
 def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, conv, adversarial,
-          eps, attack_steps, beta, out) -> None:
+          eps, attack_steps, beta, recurrent, rule, loss, decoder_beta, noise_sigma, kappa,
+          perturbation_weight, out) -> None:
     """Train a Norse LIF network with surrogate-gradient BPTT (or, with --ann, a ReLU ANN)."""
     from tqdm import tqdm
 
@@ -89,17 +106,23 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, c
     from snn_deploy.train.model import save_checkpoint
 
     ctx = click.get_current_context()
-    given = {p for p in ("encoding", "steps") if ctx.get_parameter_source(p).name != "DEFAULT"}
+    snn_only = ("encoding", "steps", "recurrent", "rule", "loss", "decoder_beta", "noise_sigma",
+                "kappa", "perturbation_weight")
+    given = {p for p in snn_only if ctx.get_parameter_source(p).name != "DEFAULT"}
     if ann and given:
-        raise UserError(f"--{sorted(given)[0]} does not apply to --ann (an ANN has no time steps"
-                        " or input coding; `snn-deploy convert` sets them)")
-    if not ann and (conv or adversarial != "none"):
-        raise UserError("--conv and --adversarial apply to --ann only")
+        raise UserError(f"--{sorted(given)[0].replace('_', '-')} does not apply to --ann (an ANN"
+                        " has no time steps, input coding or spiking options; `snn-deploy convert`"
+                        " sets them)")
+    if ann and adversarial == "fgsm":
+        raise UserError("--adversarial fgsm is for SNNs; an ANN takes pgd or trades")
+    if not ann and (conv or adversarial == "trades"):
+        raise UserError("--conv and --adversarial trades apply to --ann only")
     check_writable(out)
     if ann:
         _train_ann(dataset=dataset, hidden=hidden, conv=conv, epochs=epochs, lr=lr,
                    batch_size=batch_size, seed=seed, adversarial=adversarial, eps=eps,
-                   attack_steps=attack_steps, beta=beta, out=out)
+                   attack_steps=attack_steps if attack_steps is not None else 10, beta=beta,
+                   out=out)
         return
     hidden = hidden or (128,)
     bar = tqdm(total=epochs, desc="train", unit="epoch", file=sys.stderr, disable=None)
@@ -112,16 +135,22 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, c
                        f" train accuracy {stats.train_accuracy:.4f}", err=True)
 
     result = api.train(dataset=dataset, hidden=hidden, encoding=encoding, steps=steps,
-                       epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, on_epoch=on_epoch)
+                       epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, recurrent=recurrent,
+                       rule=rule, loss=loss, decoder_beta=decoder_beta, noise_sigma=noise_sigma,
+                       adversarial=adversarial, eps=eps,
+                       attack_steps=attack_steps if attack_steps is not None else 7, kappa=kappa,
+                       perturbation_weight=perturbation_weight, on_epoch=on_epoch)
     bar.close()
     last = result.history[-1]
     save_checkpoint(result.model, Path(out), extra={
         "seed": seed, "epochs": epochs, "test_accuracy": result.test_accuracy,
         "train_accuracy": last.train_accuracy, "loss": last.loss,
+        "options": dataclasses.asdict(result.options),
     })
     cfg = result.model.config
+    kind = f"{'recurrent ' if recurrent else ''}LIF network ({rule}, {loss} loss"
     click.echo(f"trained {'-'.join(str(n) for n in (cfg.input_size, *hidden, cfg.output_size))}"
-               f" LIF network ({encoding} coding, T={steps}) on {dataset}: train accuracy"
+               f" {kind}, {encoding} coding, T={steps}) on {dataset}: train accuracy"
                f" {last.train_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}")
     click.echo(f"wrote {out}")
 

@@ -61,7 +61,11 @@ class Target:
     def coding(self) -> dict:
         if self.checkpoint is not None:
             cfg = self.checkpoint.config
-            return {"encoding": cfg.encoding, "steps": cfg.steps, "dataset": cfg.dataset}
+            coding = {"encoding": cfg.encoding, "steps": cfg.steps, "dataset": cfg.dataset,
+                      "decoder": cfg.decoder}
+            if cfg.decoder == "first_spike":  # the same keys as the exported graph's metadata
+                coding["decoder_beta"] = cfg.decoder_beta
+            return coding
         if self.ann is not None:  # an ANN reads the values themselves, once
             return {"encoding": "none", "steps": 1, "dataset": self.ann.config.dataset}
         if self.deployment is not None:

@@ -6,7 +6,11 @@
    support chunk/filter options"): we broadcast them to one value per neuron, as numpy arrays.
 
 tests/test_export.py shows both bugs on Norse itself, so the repair can go once Norse fixes them.
-The graph's metadata records dt (NIR stores none) and the model's input coding.
+The graph's metadata records dt (NIR stores none), the model's input coding and its output decoder.
+
+A recurrent hidden layer (``LIFNetwork.recurrent``), which Norse's ``to_nir`` does not see, becomes
+a cycle neuron -> ``nir.Linear`` (R) -> the same neuron; ``convert.nirgraph`` reads it as
+``I_t = ... + R z_{t-1}``, the timing of ``train.model.lif_step``.
 """
 
 from __future__ import annotations
@@ -68,17 +72,23 @@ def model_to_nir(model: LIFNetwork) -> nir.NIRGraph:
         else:
             node = _repair_node(node, dt=cfg.dt, width=width)
         nodes[name] = node
+    edges = list(raw.edges)
+    for k, rec in enumerate(model.recurrent):
+        neuron = str(2 * k + 1)  # to_nir names the modules of model.net by their index
+        if type(nodes.get(neuron)).__name__ not in _TAU_FIELDS:
+            raise RuntimeError(f"norse.to_nir named layer {k}'s neuron differently: {sorted(nodes)}")
+        loop = f"{neuron}_rec"
+        nodes[loop] = nir.Linear(weight=_as_array(rec.weight))
+        edges += [(neuron, loop), (loop, neuron)]
+    coding = {"encoding": cfg.encoding, "steps": cfg.steps, "dataset": cfg.dataset,
+              "decoder": cfg.decoder}
+    if cfg.decoder == "first_spike":
+        coding["decoder_beta"] = cfg.decoder_beta
     metadata = {
         "dt": cfg.dt,
-        "snn_deploy": {
-            "encoding": cfg.encoding,
-            "steps": cfg.steps,
-            "dataset": cfg.dataset,
-            "decoder": "spike_count",
-            "writer": "snn-deploy (norse 1.1.0 to_nir, repaired)",
-        },
+        "snn_deploy": {**coding, "writer": "snn-deploy (norse 1.1.0 to_nir, repaired)"},
     }
-    return nir.NIRGraph(nodes=nodes, edges=list(raw.edges), metadata=metadata)
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
 def _topological(graph: nir.NIRGraph) -> list[str]:

@@ -17,6 +17,7 @@ from snn_deploy.run.emulator import Emulator
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
+from snn_deploy.train.decoding import DECODERS, decoder_predict
 from snn_deploy.train.ann import neuron_activations
 
 BACKENDS = ("float", "emulator", "lava-sim", "loihi2")
@@ -240,7 +241,12 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
     recording = run_backend(target, backend, counted(), device=device, total=len(x),
                             on_progress=on_progress)
     wall = time.perf_counter() - started
-    predictions = recording.output.astype(np.int64).sum(axis=0).argmax(axis=1)
+    decoder = str(coding.get("decoder", "spike_count"))
+    if decoder not in DECODERS:
+        raise UserError(f"{target.path}: unknown decoder {decoder!r} in its coding (known:"
+                        f" {', '.join(DECODERS)})")
+    predictions = decoder_predict(torch.from_numpy(recording.output.astype(np.float32)),
+                                  decoder=decoder).numpy()
     events = np.concatenate(events_parts)
     weights, recurrent = _synapses(target, backend)
     return Evaluation(

@@ -112,6 +112,10 @@ class Evaluator:
         self.dep = target.require_deployment()
         self.profile = energy_profile or self.dep.profile
         coding = self.dep.coding
+        decoder = str(coding.get("decoder", "spike_count"))
+        if decoder != "spike_count":
+            raise UserError(f"attack supports the spike-count decoder; {target.path} decodes by"
+                            f" {decoder} (not supported yet)")
         self.encoding = str(coding.get("encoding", "rate"))
         self.steps = int(coding.get("steps", 32))
         x, y = split.part("test")

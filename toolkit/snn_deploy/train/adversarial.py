@@ -1,4 +1,9 @@
-"""Stage 1: inner maximisations for adversarial training of ReLU ANNs (input space [0, 1], L-inf).
+"""Stage 1: inner maximisations for adversarial training (input space [0, 1], L-inf) of ReLU ANNs
+and of LIF networks (through a straight-through encoder, ``train.perturbed``).
+
+FGSM (Goodfellow et al., "Explaining and Harnessing Adversarial Examples", ICLR 2015):
+
+    x' = clip_[0,1]( x + eps * sign(grad_x CE(f(x), y)) )
 
 PGD (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018):
 start at a uniform point of the eps-ball, then ``steps`` times
@@ -43,6 +48,18 @@ def _ascend(loss_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         (grad,) = torch.autograd.grad(loss_of(x_adv), x_adv)
         x_adv = _project(x_adv.detach() + alpha * grad.sign(), x, eps)
     return x_adv.detach()
+
+
+def fgsm_linf(model: Model, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> torch.Tensor:
+    """Adversarial inputs (same shape as x, values in [0, 1]) by one signed-gradient step of eps.
+
+    Args:
+        model: maps inputs to (B, C) logits.
+        x: clean inputs in [0, 1]; y: (B,) int64 labels; eps: L-inf radius in input units.
+    """
+    x_adv = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
+    return _project(x.detach() + eps * grad.sign(), x, eps).detach()
 
 
 def pgd_linf(model: Model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,

@@ -1,12 +1,17 @@
-"""The reference feed-forward Norse LIF network and its checkpoint format.
+"""The reference Norse LIF network (feed-forward or with recurrent hidden layers) and its checkpoints.
 
-Each layer is ``torch.nn.Linear`` (no bias) followed by ``norse.torch.LIFCell`` (current-based LIF):
+Each layer is ``torch.nn.Linear`` (no bias) followed by a current-based LIF neuron with Norse's
+parameters (``norse.torch.LIFCell``); a recurrent hidden layer adds ``R z_{t-1}`` (R: (n, n), its own
+spikes of the step before) to the input current:
 
-    i_t = (1 - dt / tau_syn) * i_{t-1} + W x_t
+    i_t = (1 - dt / tau_syn) * i_{t-1} + W x_t [+ R z_{t-1}]
     v_t = v_{t-1} + dt / tau_mem * (v_leak - v_{t-1} + i_t)
     z_t = [v_t > v_th];  v_t <- v_reset where z_t
 
-(norse/torch/functional/lif.py, ``lif_feed_forward_step``). The checkpoint is a plain dict of
+The step is ``lif_step`` below, in the operation order of Norse 1.1.0's ``lif_feed_forward_step``
+(norse/torch/functional/lif.py) and, with R, of its ``lif_step``, which adds ``R z_{t-1}`` to the
+current of the same step (no extra delay): tests/test_train_rules.py checks both against Norse.
+The threshold's derivative is Norse's SuperSpike surrogate. The checkpoint is a plain dict of
 tensors and primitives, loadable with ``torch.load(path, weights_only=True)``.
 """
 
@@ -17,8 +22,10 @@ from pathlib import Path
 
 import norse.torch as norse
 import torch
+from norse.torch.functional.threshold import threshold
 
 from snn_deploy.errors import InputFileError
+from snn_deploy.train.decoding import DECODERS
 
 CHECKPOINT_FORMAT = "snn-deploy-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -27,7 +34,10 @@ LIF_KIND = "lif"  # the payload's "kind"; checkpoints written before kinds exist
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture, neuron parameters (SI units) and the input coding a model was trained with."""
+    """Architecture, neuron parameters (SI units), the input coding and the output decoder a model
+    was trained with. ``recurrent``: hidden layers carry recurrent weights (the output layer never
+    does). ``decoder_beta``: the first-spike decoder's logits are ``-decoder_beta * t_first``
+    (t_first in steps)."""
 
     input_size: int
     hidden: tuple[int, ...]
@@ -39,6 +49,9 @@ class ModelConfig:
     encoding: str = "rate"
     steps: int = 32
     dataset: str = "digits"
+    recurrent: bool = False
+    decoder: str = "spike_count"  # a key of train.decoding.DECODERS, also in the NIR metadata
+    decoder_beta: float = 1.0  # 1 / step
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -53,11 +66,84 @@ class ModelConfig:
             raise InputFileError(f"checkpoint config has unknown keys: {sorted(unknown)}")
         d = dict(d)
         d["hidden"] = tuple(int(h) for h in d.get("hidden", ()))
+        if d.get("decoder", "spike_count") not in DECODERS:
+            raise InputFileError(f"checkpoint config names decoder {d['decoder']!r}: known are"
+                                 f" {', '.join(DECODERS)}")
         return cls(**d)
 
 
+@dataclasses.dataclass(frozen=True)
+class LIFState:
+    """One layer's state: synaptic current i (after this step's input), membrane v, spikes z."""
+
+    i: torch.Tensor
+    v: torch.Tensor
+    z: torch.Tensor
+
+
+def lif_step(current_in: torch.Tensor, state: LIFState, p: norse.LIFParameters, dt: float, *,
+             detach_reset: bool = False) -> tuple[LIFState, torch.Tensor]:
+    """One Euler step of a CUBA LIF layer, as Norse 1.1.0's ``lif_feed_forward_step``:
+
+        i = i_{t-1} decayed + current_in;  v = v_{t-1} + dt/tau_mem (v_leak - v_{t-1} + i)
+        z = [v > v_th] (SuperSpike surrogate);  v <- v_reset where z;  i decays for the next step
+
+    Args:
+        current_in: (B, n) synaptic input of this step (W x_t [+ R z_{t-1}]).
+        state: the previous step's state; its ``i`` is already decayed (Norse's convention).
+        detach_reset: stop the gradient through the reset (Norse's feed-forward step keeps it).
+
+    Returns:
+        The new state (``i`` decayed for the next step) and the undecayed current of this step
+        (what drives the membrane, the float backend's I_t).
+    """
+    i_new = state.i + current_in
+    dv = dt * p.tau_mem_inv * ((p.v_leak - state.v) + i_new)
+    v_decayed = state.v + dv
+    di = -dt * p.tau_syn_inv * i_new
+    i_decayed = i_new + di
+    z = threshold(v_decayed - p.v_th, p.method, p.alpha)
+    r = z.detach() if detach_reset else z
+    v_new = (1 - r) * v_decayed + r * p.v_reset
+    return LIFState(i=i_decayed, v=v_new, z=z), i_new
+
+
+@dataclasses.dataclass(frozen=True)
+class Trace:
+    """A run of the network on (T, B, n_in) input: per layer, (T, B, n) spikes and the (T, B, n)
+    synaptic current I_t that drove the membrane (``lif_step``'s second result)."""
+
+    spikes: tuple[torch.Tensor, ...]
+    currents: tuple[torch.Tensor, ...]
+
+    @property
+    def output(self) -> torch.Tensor:
+        return self.spikes[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientCuts:
+    """Where ``LIFNetwork.trace`` stops gradients (all False: full BPTT).
+
+    between_layers: each layer receives the previous layer's spikes detached;
+    reset: the reset's dependence on the weights is ignored;
+    recurrent: the recurrent input R z_{t-1} is a constant to the gradient (R still learns).
+    With all three a synapse's gradient is its postsynaptic surrogate derivative times an
+    eligibility trace (its presynaptic input filtered by the neuron's own i and v leaks) that could
+    be computed forward in time; autograd computes the same numbers backwards.
+    """
+
+    between_layers: bool = False
+    reset: bool = False
+    recurrent: bool = False
+
+
+NO_CUTS = GradientCuts()
+
+
 class LIFNetwork(torch.nn.Module):
-    """Feed-forward stack of Linear -> LIFCell layers, run over time-major input (T, B, n)."""
+    """Stack of Linear -> LIF layers run over time-major input (T, B, n); with
+    ``config.recurrent``, hidden layer k also has ``recurrent[k]``, a bias-free (n, n) Linear."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -72,16 +158,45 @@ class LIFNetwork(torch.nn.Module):
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers.append(torch.nn.Linear(n_in, n_out, bias=False))
             layers.append(norse.LIFCell(p=params, dt=config.dt))
+        # Kept as Norse modules: ``norse.to_nir`` exports them and the checkpoint keys stay
+        # "net.0.weight", "net.2.weight", ...
         self.net = norse.SequentialState(*layers)
+        self.recurrent = torch.nn.ModuleList(
+            [torch.nn.Linear(n, n, bias=False) for n in config.hidden] if config.recurrent else [])
+
+    @property
+    def synapses(self) -> tuple[torch.nn.Linear, ...]:
+        """The feed-forward Linear of every layer, input side first."""
+        return tuple(self.net[k] for k in range(0, len(self.net), 2))
+
+    def trace(self, x: torch.Tensor, *, cuts: GradientCuts = NO_CUTS) -> Trace:
+        """Run (T, B, n_in) input layer by layer; every layer starts from zero state."""
+        spikes, currents = [], []
+        z_in = x
+        for k, syn in enumerate(self.synapses):
+            cell = self.net[2 * k + 1]
+            rec = self.recurrent[k] if k < len(self.recurrent) else None
+            if cuts.between_layers and k > 0:
+                z_in = z_in.detach()
+            drive = syn(z_in)  # (T, B, n): the feed-forward input of every step at once
+            zeros = torch.zeros_like(drive[0])
+            state = LIFState(i=zeros, v=zeros, z=zeros)
+            zs, cs = [], []
+            for d_t in drive:
+                if rec is not None:
+                    z_prev = state.z.detach() if cuts.recurrent else state.z
+                    d_t = d_t + rec(z_prev)
+                state, i_t = lif_step(d_t, state, cell.p, cell.dt, detach_reset=cuts.reset)
+                zs.append(state.z)
+                cs.append(i_t)
+            z_in = torch.stack(zs)
+            spikes.append(z_in)
+            currents.append(torch.stack(cs))
+        return Trace(spikes=tuple(spikes), currents=tuple(currents))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(T, B, n_in) input -> (T, B, n_out) output spikes."""
-        state = None
-        out = []
-        for x_t in x:
-            z, state = self.net(x_t, state)
-            out.append(z)
-        return torch.stack(out)
+        return self.trace(x).output
 
 
 def save_checkpoint(model: LIFNetwork, path: Path, *, extra: dict | None = None) -> None:

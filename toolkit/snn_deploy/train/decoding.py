@@ -1,0 +1,62 @@
+"""Stage 1: output decoders as training sees them (logits, differentiable) and their predictions.
+
+spike_count  logits = sum_t z_t (the counts).
+first_spike  logits = -beta * t_first, with the soft first-spike time (Ding et al. 2023, arXiv
+             2306.05654, "first-spike decoding"; steps counted from 0, T when a neuron never fires)
+
+                 t_first = sum_t t z_t prod_{s<t} (1 - z_s) + T prod_{s<T} (1 - z_s)
+
+             which equals the hard first-spike time on 0/1 spikes and passes the spikes' surrogate
+             gradients: d t_first / d z_t = t - t_first for t before the first spike (an earlier
+             spike lowers t_first), 0 after it. Prediction: the earliest first spike; ties go to
+             the lowest class index (the argmax of the logits).
+
+Keys of ``DECODERS`` are the values of the coding's "decoder" entry (``ModelConfig.decoder``, the NIR
+metadata and the Deployment's coding).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from snn_deploy.coding import spike_count
+
+
+def first_spike_times(spikes: torch.Tensor) -> torch.Tensor:
+    """(T, B, C) spikes -> (B, C) soft first-spike times in steps (T where there is no spike)."""
+    steps = spikes.shape[0]
+    silent = torch.cumprod(1.0 - spikes, dim=0)  # prod_{s<=t} (1 - z_s)
+    before = torch.cat([torch.ones_like(silent[:1]), silent[:-1]])  # prod_{s<t} (1 - z_s)
+    t = torch.arange(steps, dtype=spikes.dtype).view(-1, *([1] * (spikes.dim() - 1)))
+    return (t * spikes * before).sum(dim=0) + steps * silent[-1]
+
+
+def first_spike_logits(spikes: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """(T, B, C) spikes -> (B, C) logits -beta * t_first."""
+    return -beta * first_spike_times(spikes)
+
+
+def count_logits(spikes: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """(T, B, C) spikes -> (B, C) spike counts; ``beta`` is not used."""
+    del beta
+    return spike_count(spikes)
+
+
+Decoder = Callable[..., torch.Tensor]
+
+DECODERS: dict[str, Decoder] = {
+    "spike_count": count_logits,
+    "first_spike": first_spike_logits,
+}
+
+
+def decoder_logits(spikes: torch.Tensor, *, decoder: str, beta: float) -> torch.Tensor:
+    """(T, B, C) output spikes -> (B, C) logits of the named decoder (a key of ``DECODERS``)."""
+    return DECODERS[decoder](spikes, beta=beta)
+
+
+def decoder_predict(spikes: torch.Tensor, *, decoder: str) -> torch.Tensor:
+    """(T, B, C) output spikes -> (B,) int64 classes of the named decoder (ties: lowest index)."""
+    return decoder_logits(spikes.detach(), decoder=decoder, beta=1.0).argmax(dim=1)
