@@ -319,10 +319,13 @@ def import_netx(net, profile, skip_layers, num_layers, out) -> None:
 @click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
 @click.option("--energy-profile", default=None,
               help="Price energy with this profile (default: the Deployment's; float has none).")
+@click.option("--perturbation", default=None,
+              help="gaussian:SIGMA: also report the membrane-potential perturbation mean square"
+                   " of the float model under seeded Gaussian input noise (Ding et al. 2024).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the report JSON here.")
 def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_profile,
-             json_out) -> None:
+             perturbation, json_out) -> None:
     """Accuracy, activity and energy of a checkpoint, NIR graph or Deployment on a backend."""
     from snn_deploy.data import load_dataset
     from snn_deploy.evaluate.accuracy import evaluate_target
@@ -333,6 +336,9 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
     if json_out:
         check_writable(json_out)
     pricing = load_profile(energy_profile) if energy_profile else None  # a bad name fails first
+    from snn_deploy.evaluate.stability import Perturbation, perturbation_report
+
+    noise = Perturbation.parse(perturbation) if perturbation else None
     target = load_target(model, dt=dt)
     name = dataset or str(target.coding.get("dataset", "digits"))
     split = load_dataset(name)
@@ -350,7 +356,13 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
     if bar is not None:
         bar.close()
     report = evaluation_report(ev, target=target, dataset=name, energy_profile=pricing)
+    if noise is not None:
+        report.update(perturbation_report(target, split, noise, limit=limit, steps=ev.steps,
+                                          seed=seed))
     _print_reports([report])
+    if noise is not None:
+        click.echo(f"membrane-potential perturbation MS under {report['perturbation']}:"
+                   f" {report['perturbation_ms']:.4g} {report['perturbation_ms_unit']}")
     if json_out:
         write_json(report, json_out)
         click.echo(f"wrote {json_out}")
