@@ -605,6 +605,27 @@ def resources(deployment, profile, json_out) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              help="Study TOML (see studies/digits.toml).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: study_out/<study name>); finished cells are skipped.")
+def study(config_path, out_dir) -> None:
+    """Train a grid (coding x rule x recurrence x regulariser x seeds), deploy every cell, attack
+    it on the backend, and write study.csv, study.md and study.png (mean and spread over seeds)."""
+    from snn_deploy.evaluate.study import load_study, run_study
+
+    config = load_study(config_path)
+    out = Path(out_dir) if out_dir is not None else Path("study_out") / config.name
+    check_writable(out / "study.csv")
+    result = run_study(config, out, on_progress=lambda msg: click.echo(msg, err=True))
+    click.echo(f"{len(result.cells)} cells: {result.ran} run, {result.skipped} skipped"
+               f" (finished before), {result.failed} failed")
+    click.echo(result.markdown_path.read_text())
+    click.echo(f"wrote {result.csv_path}, {result.markdown_path}, {result.plot_path}"
+               f" (cells in {out / 'cells'})")
+
+
+@cli.command()
 def profiles() -> None:
     """List the hardware profiles shipped with snn-deploy."""
     from snn_deploy.profiles import available_profiles, load_profile
