@@ -55,7 +55,7 @@ def attack_report(result: Robustness, *, target: Target, dataset: str, seed: int
         "energy_profile": None if energy is None else energy.profile,
         "energy_source": None if energy is None else energy.source,
         "float_agreement": result.float_agreement,
-        "gradient_sources": result.sources,
+        "gradient_sources": list(result.sources),
         "query_backend": result.query_backend,
         "ensemble": result.ensemble,
         "settings": {"norm": s.norm, "iterations": s.iterations, "restarts": s.restarts,

@@ -111,7 +111,7 @@ def iterative_vs_fgsm(ev: Evaluator, result: Robustness) -> dict:
     for r in iterative:
         ref = fgsm.get((r.eps, r.source))
         if ref is None:  # run FGSM with the same source at this eps
-            spec = _spec(r.source)
+            spec = result.sources.get(r.source, SourceSpec())
             ok = _aux(ev, result, "fgsm", r.eps, result.settings, points, spec)
             ref = float((ok & (result.clean.predictions == result.labels)).mean())
             fgsm[(r.eps, r.source)] = ref
@@ -119,14 +119,6 @@ def iterative_vs_fgsm(ev: Evaluator, result: Robustness) -> dict:
             weaker.append(f"{r.attack} eps={r.eps:g}: {r.robust_accuracy:.3f} vs FGSM {ref:.3f}")
     return _check(name, not weaker, "; ".join(weaker[:5]) if weaker else
                   "every iterative attack <= FGSM at the same eps and source (+2 points)")
-
-
-def _spec(label: str) -> SourceSpec:
-    if label.startswith("twin[") or label.startswith("float["):
-        kind, rest = label.split("[", 1)
-        shape, width = rest.rstrip("]").split(",")
-        return SourceSpec(kind=kind, surrogate=shape, width=float(width))
-    return SourceSpec(kind=label if label in ("bptr",) else "twin")
 
 
 def more_iterations(ev: Evaluator, result: Robustness) -> dict:
@@ -143,7 +135,7 @@ def more_iterations(ev: Evaluator, result: Robustness) -> dict:
     s = result.settings
     stronger = dataclasses.replace(s, iterations=2 * s.iterations, restarts=s.restarts + 1,
                                    seed=s.seed + 1)
-    ok = _aux(ev, result, r.attack, r.eps, stronger, points, _spec(r.source))
+    ok = _aux(ev, result, r.attack, r.eps, stronger, points, result.sources.get(r.source, SourceSpec()))
     clean_ok = result.clean.predictions[points] == result.labels[points]
     assert r.correct is not None
     base = float((r.correct[points] & clean_ok).mean())

@@ -92,7 +92,7 @@ class Robustness:
     rows: list[AttackRow]
     labels: np.ndarray
     settings: AttackSettings
-    sources: list[str]
+    sources: dict[str, SourceSpec]  # label (as in the rows) -> spec
     ensemble: bool
     query_backend: str
     examples: dict  # for plots: one sample's clean and adversarial recordings
@@ -287,7 +287,8 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
         backend=ev.backend, n=len(y), steps=ev.steps, encoding=ev.encoding,
         clean_accuracy=float(clean_ok.mean()), clean=clean,
         float_agreement=None if float_pred is None else float((float_pred == clean.predictions).mean()),
-        rows=rows, labels=y, settings=settings, sources=list(contexts), ensemble=ensemble,
+        rows=rows, labels=y, settings=settings, sources={spec.label: spec for spec in sources},
+        ensemble=ensemble,
         query_backend="emulator (bit-exact to lava-sim)" if ev.backend == "lava-sim" else ev.backend,
         examples=examples, wall_time_s=time.perf_counter() - started)
 
