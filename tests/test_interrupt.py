@@ -53,3 +53,26 @@ def test_interrupt_stops_the_lava_runtime(small_model_files, tmp_path, whole_gro
     assert _living(proc.pid) == [], "Lava worker processes were left behind"
     assert not report.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["train", "attack"])
+def test_a_killed_command_leaves_no_partial_output(small_model_files, tmp_path, command):
+    """SIGKILL (no clean-up can run) in the middle of a long command: the output file must not
+    exist at all; atomic writes only ever rename a complete temporary file onto it."""
+    out = tmp_path / ("m.pt" if command == "train" else "report")
+    args = (["train", "--epochs", "200", "--out", str(out)] if command == "train" else
+            ["attack", str(small_model_files["deployment"]), "--backend", "lava-sim", "--eps",
+             "0,0.1,0.2,0.3,0.5", "--report-dir", str(out)])
+    proc = subprocess.Popen([sys.executable, "-m", "snn_deploy.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        time.sleep(8.0)
+        assert proc.poll() is None, "the command finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert written == [], written
