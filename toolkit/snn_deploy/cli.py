@@ -487,9 +487,10 @@ def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, 
         require_lava_loihi()
     settings = AttackSettings(norm=norm, iterations=iterations, restarts=restarts,
                               step_size=step_size, eot=eot, queries=queries, seed=seed)
-    for path in (json_out,):
-        if path:
-            check_writable(path)
+    if json_out:
+        check_writable(json_out)
+    if report_dir:
+        check_writable(Path(report_dir) / "report.json")
     target = load_target(model)
     target.require_deployment()
     name = dataset or str(target.coding.get("dataset", "digits"))

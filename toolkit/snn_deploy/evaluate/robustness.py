@@ -271,10 +271,11 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
                 flipped = np.flatnonzero(clean_ok & ~ok)
                 if len(flipped) and "adversarial" not in examples and attack.domain == "input":
                     i = int(flipped[0])
+                    one = ev.idx[i:i + 1]
                     examples = {"sample": i, "attack": name, "eps": e, "label": int(y[i]),
                                 "clean": _one(clean.recording, i), "adversarial": _one(ver.recording, i),
-                                "clean_input": ev.clean_spikes()[:, i].numpy(),
-                                "adversarial_input": ev.encoder.spikes(adv[i:i + 1], ev.idx[i:i + 1])[:, 0].numpy()}
+                                "clean_input": ev.encoder.spikes(ev.x[one], one)[:, 0].numpy(),
+                                "adversarial_input": ev.encoder.spikes(adv[one], one)[:, 0].numpy()}
         if ensemble:
             rows.append(AttackRow(
                 attack="ensemble", source="+".join(contexts), norm=settings.norm, eps=e,

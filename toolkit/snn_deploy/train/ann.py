@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from snn_deploy.data import Split
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.train.adversarial import pgd_linf, trades_adversary, trades_loss
-from snn_deploy.train.model import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_kind,
-                                    read_checkpoint)
+from snn_deploy.train.model import checkpoint_kind, read_checkpoint, write_checkpoint
 
 ANN_KIND = "ann"
 # Identities in evaluation: they neither end a layer of neurons nor become a NIR node.
@@ -253,18 +252,7 @@ def fit_ann(config: AnnConfig, split: Split, *, epochs: int, seed: int, lr: floa
 
 def save_ann_checkpoint(model: AnnNetwork, path: Path, *, extra: dict | None = None) -> None:
     """Write weights and config as a weights-only checkpoint (atomically)."""
-    from snn_deploy.fileio import atomic_path
-
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "kind": ANN_KIND,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "info": dict(extra or {}),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_checkpoint(model, kind=ANN_KIND, path=path, extra=extra)
 
 
 def ann_from_payload(payload: dict, path: Path) -> AnnNetwork:

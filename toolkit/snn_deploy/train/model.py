@@ -201,13 +201,20 @@ class LIFNetwork(torch.nn.Module):
 
 def save_checkpoint(model: LIFNetwork, path: Path, *, extra: dict | None = None) -> None:
     """Write weights and config as a weights-only checkpoint (atomically)."""
+    write_checkpoint(model, kind=LIF_KIND, path=path, extra=extra)
+
+
+def write_checkpoint(model: torch.nn.Module, *, kind: str, path: Path,
+                     extra: dict | None = None) -> None:
+    """The one checkpoint writer for every model kind: format tag, version, ``kind``, the model's
+    ``config.to_dict()``, its tensors and ``info``; read back by ``read_checkpoint``."""
     from snn_deploy.fileio import atomic_path
 
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "kind": LIF_KIND,
-        "config": model.config.to_dict(),
+        "kind": kind,
+        "config": model.config.to_dict(),  # type: ignore[operator]
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "info": dict(extra or {}),
     }
