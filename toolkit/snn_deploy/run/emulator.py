@@ -20,6 +20,7 @@ equality with Lava spike for spike and state for state.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 
 import numpy as np
@@ -33,7 +34,30 @@ from snn_deploy.run.recording import Recording
 
 _INT32 = float(1 << 32)
 _INT31 = float(1 << 31)
-CHUNK = 512  # samples per pass: keeps each step's tensors in cache (measured fastest on 2 cores)
+CHUNK = 256  # samples per pass and thread: keeps each step's tensors in cache
+
+
+class Workspace:
+    """Buffers reused from one chunk to the next, by name: a fresh multi-megabyte tensor per chunk
+    costs page faults on CPU (the allocator returns large blocks to the system), about as much
+    as the arithmetic on it. A buffer handed out is valid until the same name is asked for again."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        numel = int(np.prod(shape))
+        if buf is None or buf.dtype != dtype or buf.device != device or buf.numel() < numel:
+            buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
+def _empty(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+           device: torch.device) -> torch.Tensor:
+    return ws.get(name, shape, dtype, device) if ws is not None else \
+        torch.empty(shape, dtype=dtype, device=device)
 
 
 def wrap_int32(x: torch.Tensor) -> torch.Tensor:
@@ -188,19 +212,15 @@ def _bounds(c: LayerConstants, act_peak: float, profile: Profile) -> _Bounds:
     return _Bounds(checked=checked, bias_big=bias_big, has_bias=bias > 0, clamp_v=clamp_v)
 
 
-_HALF = 0.5 - 2.0 ** -13
-
-
 def decay_(x: torch.Tensor, keep: float, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """x <- trunc(x * keep) in place, for exact float64 integers x and keep a multiple of 2**-12.
 
-    x * keep is a multiple of 2**-12, so moving it half a unit (less 2**-13) toward zero never
-    lands on a tie and rounding to nearest then truncates; torch's trunc is not vectorised on CPU
-    (torch 2.3, measured 5x slower than round).
+    x * keep is exact (a multiple of 2**-12 below 2**53), and so are its fractional part and the
+    difference of the two; torch's trunc is not vectorised on CPU (torch 2.3, measured 3x slower
+    than frac, which is).
     """
     x.mul_(keep)
-    sign = torch.sgn(x, out=scratch) if scratch is not None else torch.sgn(x)
-    return x.sub_(sign, alpha=_HALF).round_()
+    return x.sub_(torch.frac(x, out=scratch) if scratch is not None else torch.frac(x))
 
 
 def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Tensor,
@@ -228,8 +248,11 @@ def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Ten
         v = wrap_int32(v)
     if bounds.clamp_v:
         v = v.clamp_(-big + 1, big - 1)
-    z = torch.gt(v, c.vth, out=out) if out is not None else v > c.vth
-    v.masked_fill_(z, 0.0)
+    # reset: v * [v <= vth] with a float mask (comparisons into bool and masked_fill are 3-5x
+    # slower on CPU, torch 2.3); v is a finite integer, so the product is exactly 0 or v
+    keep = torch.le(v, c.vth, out=scratch) if scratch is not None else torch.le(v, c.vth).double()
+    v.mul_(keep)
+    z = torch.logical_not(keep, out=out) if out is not None else torch.logical_not(keep)
     return u, v, z
 
 
@@ -243,13 +266,19 @@ def _recurrent_act(c: LayerConstants, a_ff: torch.Tensor, z_prev: torch.Tensor,
     return a * shift
 
 
-def drive(c: LayerConstants, s: torch.Tensor, profile: Profile) -> torch.Tensor:
+def drive(c: LayerConstants, s: torch.Tensor, profile: Profile, *, ws: Workspace | None = None
+          ) -> torch.Tensor:
     """What (T, B, n_in) presynaptic spikes or levels deliver to a layer, as ``lif`` takes it:
     for a feed-forward layer the input already shifted into u (a_in << 6, int32-wrapped as in
     Lava, float32 when exact), for a recurrent one the feed-forward Dense's int32 output, which
-    the loop sums with the recurrent one before the shift."""
+    the loop sums with the recurrent one before the shift. With a workspace the result lives in
+    its "drive" buffer."""
     if c.rec is None and c.ff.folded is not None:
-        return torch.matmul(s.to(torch.float32), c.ff.folded.T)
+        if s.dtype != torch.float32:
+            s = _empty(ws, "drive_in", tuple(s.shape), torch.float32, s.device).copy_(s)
+        out = _empty(ws, "drive", (*s.shape[:-1], c.size), torch.float32, s.device)
+        torch.mm(s.reshape(-1, s.shape[-1]), c.ff.folded.T, out=out.view(-1, c.size))
+        return out
     a_in = dense(c.ff, s)
     if c.rec is not None:
         return a_in
@@ -258,21 +287,23 @@ def drive(c: LayerConstants, s: torch.Tensor, profile: Profile) -> torch.Tensor:
 
 
 def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, carry: torch.Tensor | None = None,
-        record_state: bool = False) -> LayerTrace:
+        record_state: bool = False, ws: Workspace | None = None, name: str = "spikes"
+        ) -> LayerTrace:
     """CUBA LIF dynamics over (T, B, n) synaptic input (``drive``'s exact integers), from zero state.
 
     All values are integers held exactly in float64: u * (4096 - du - 1) < 2**53, and dividing by
     4096 then truncating equals Lava's sign(x) * (|x| >> 12). A recurrent layer's first step
-    receives ``carry`` (B, n) on its recurrent synapse (zeros if None).
+    receives ``carry`` (B, n) on its recurrent synapse (zeros if None). With a workspace the
+    spikes live in its buffer ``name``, the state in shared ones.
     """
     big = float(profile.state_max)
     shift = float(1 << profile.activation_shift)
     recurrent = c.rec is not None
     bounds = _bounds(c, _abs_max(a_in) * (shift if recurrent else 1.0), profile)
-    u = torch.zeros(a_in.shape[1:], dtype=torch.float64, device=a_in.device)
-    v = torch.zeros_like(u)
-    scratch = torch.empty_like(u)
-    spikes = torch.empty(a_in.shape, dtype=torch.bool, device=a_in.device)
+    state = (tuple(a_in.shape[1:]), torch.float64, a_in.device)
+    u, v = _empty(ws, "u", *state).zero_(), _empty(ws, "v", *state).zero_()
+    scratch = _empty(ws, "scratch", *state)
+    spikes = _empty(ws, name, tuple(a_in.shape), torch.bool, a_in.device)
     z_prev = carry if carry is not None else torch.zeros_like(u, dtype=torch.bool)
     us, vs = [], []
     for t in range(a_in.shape[0]):
@@ -342,13 +373,14 @@ def preroll(consts: list[LayerConstants], profile: Profile, steps: int) -> list[
     return [f[0] for f in first]
 
 
-def input_levels(dep: Deployment, x: torch.Tensor) -> torch.Tensor:
+def input_levels(dep: Deployment, x: torch.Tensor, *, ws: Workspace | None = None) -> torch.Tensor:
     """(T, B, ...) encoded input -> (T, B, n) exact levels as Lava receives them."""
     steps, batch = x.shape[0], x.shape[1]
     x = x.reshape(steps, batch, -1)
     if x.shape[2] != dep.input_size:
         raise UserError(f"input has {x.shape[2]} channels, the deployment takes {dep.input_size}")
-    return torch.round(x.to(torch.float32) * dep.input_scale)  # levels <= 2**bits: exact
+    levels = _empty(ws, "levels", tuple(x.shape), torch.float32, x.device)
+    return torch.mul(x.to(torch.float32), dep.input_scale, out=levels).round_()  # exact: <= 2**bits
 
 
 def constants(dep: Deployment, device: torch.device, max_input: int) -> list[LayerConstants]:
@@ -357,23 +389,33 @@ def constants(dep: Deployment, device: torch.device, max_input: int) -> list[Lay
 
 
 def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device = "cpu",
-               record_state: bool = False, first: list[torch.Tensor] | None = None
-               ) -> list[LayerTrace]:
+               record_state: bool = False, first: list[torch.Tensor] | None = None,
+               ws: Workspace | None = None,
+               consts: dict[int, list[LayerConstants]] | None = None) -> list[LayerTrace]:
     """Every layer's trace for (T, B, n) encoded input, all samples at once, as one fresh Lava run
-    would compute them (``first``: the recurrent carries into sample 0, default a fresh run's)."""
+    would compute them (``first``: the recurrent carries into sample 0, default a fresh run's).
+
+    ``ws`` reuses buffers across calls (the traces then stay valid until the next call);
+    ``consts`` caches the layer constants by the input's peak level."""
     dev = torch.device(device)
-    s = input_levels(dep, x).to(dev)
-    consts = constants(dep, dev, int(_abs_max(s)))
-    if first is None and any(c.rec is not None for c in consts):
+    s = input_levels(dep, x.to(dev), ws=ws)
+    peak = int(_abs_max(s))
+    layers = consts.get(peak) if consts is not None else None
+    if layers is None:
+        layers = constants(dep, dev, peak)
+        if consts is not None:
+            consts[peak] = layers
+    if first is None and any(c.rec is not None for c in layers):
         first = preroll(constants(dep, dev, dep.input_scale), dep.profile, steps=s.shape[0])
     traces = []
-    for k, c in enumerate(consts):
-        a_in = drive(c, s, dep.profile)
+    for k, c in enumerate(layers):
+        a_in = drive(c, s, dep.profile, ws=ws)
         if c.rec is not None and first is not None:
             trace = lif_carried(c, a_in, profile=dep.profile, first=first[k],
                                 record_state=record_state)
         else:
-            trace = lif(c, a_in, profile=dep.profile, record_state=record_state)
+            trace = lif(c, a_in, profile=dep.profile, record_state=record_state, ws=ws,
+                        name=f"spikes{k}")
         traces.append(trace)
         s = trace.spikes
     return traces
@@ -392,29 +434,63 @@ class Emulator:
     Feed-forward layers start every sample from zero state. A recurrent layer's first step
     receives the previous sample's last-step spikes, as on Lava (run/lava_sim.py), so batches
     must come in order; the carries pass from one ``run`` call to the next.
+
+    On CPU, a feed-forward Deployment's chunks run on ``torch.get_num_threads()`` threads, one
+    chunk per thread with one intra-op thread each: the step loop's element-wise operations are
+    too small to split well across cores (measured: 2 intra-op threads ran 1.4x as fast as one).
     """
 
     def __init__(self, dep: Deployment, *, device: str | torch.device = "cpu"):
         self.dep, self.device = dep, torch.device(device)
         self._first: list[torch.Tensor] | None = None
+        self._workspaces: list[Workspace] = []
+        self._consts: dict[int, list[LayerConstants]] = {}
+        self._threads = 1 if self.device.type != "cpu" or \
+            any(layer.recurrent is not None for layer in dep.layers) else torch.get_num_threads()
+
+    def _workspace(self, k: int) -> Workspace:
+        while len(self._workspaces) <= k:
+            self._workspaces.append(Workspace())
+        return self._workspaces[k]
+
+    def _chunk(self, x: torch.Tensor, ws: Workspace) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One chunk's output spikes (T, b, n_out) uint8 and per-layer counts."""
+        traces = run_layers(self.dep, x, device=self.device, first=self._first, ws=ws,
+                            consts=self._consts)
+        if any(t.carry_out is not None for t in traces):
+            self._first = [t.carry_out if t.carry_out is not None
+                           else torch.zeros(t.spikes.shape[2], dtype=torch.bool)
+                           for t in traces]
+        return (traces[-1].spikes.cpu().numpy().view(np.uint8).copy(),
+                [spike_counts(t.spikes).cpu().numpy() for t in traces])
+
+    def _chunks(self, chunks: list[torch.Tensor]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        workers = min(self._threads, len(chunks))
+        if workers < 2:
+            return [self._chunk(c, self._workspace(0)) for c in chunks]
+
+        def group(k: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+            torch.set_num_threads(1)  # this thread's OpenMP setting; restored below
+            return [self._chunk(c, self._workspace(k)) for c in chunks[k::workers]]
+
+        for k in range(workers):
+            self._workspace(k)
+        threads = torch.get_num_threads()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                groups = list(pool.map(group, range(workers)))
+        finally:
+            torch.set_num_threads(threads)
+        return [groups[i % workers][i // workers] for i in range(len(chunks))]
 
     def run(self, x: np.ndarray | torch.Tensor) -> Recording:
         """(T, B, n) input -> Recording, in chunks of ``CHUNK`` samples."""
         x = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
-        outputs, counts = [], []
-        for start in range(0, x.shape[1], CHUNK):
-            traces = run_layers(self.dep, x[:, start:start + CHUNK], device=self.device,
-                                first=self._first)
-            if any(t.carry_out is not None for t in traces):
-                self._first = [t.carry_out if t.carry_out is not None
-                               else torch.zeros(t.spikes.shape[2], dtype=torch.bool)
-                               for t in traces]
-            outputs.append(traces[-1].spikes.to(torch.uint8).cpu().numpy())
-            counts.append([spike_counts(t.spikes).cpu().numpy() for t in traces])
+        results = self._chunks([x[:, start:start + CHUNK] for start in range(0, x.shape[1], CHUNK)])
         return Recording(
-            output=np.concatenate(outputs, axis=1),
+            output=np.concatenate([out for out, _ in results], axis=1),
             layer_names=tuple(layer.neuron for layer in self.dep.layers),
-            counts=tuple(np.concatenate(c) for c in zip(*counts)),
+            counts=tuple(np.concatenate(c) for c in zip(*(counts for _, counts in results))),
         )
 
 
