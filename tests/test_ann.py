@@ -16,6 +16,7 @@ from snn_deploy.errors import InputFileError, UnsupportedNode, UserError
 from snn_deploy.evaluate.accuracy import evaluate_target, run_backend
 from snn_deploy.evaluate.report import evaluation_report
 from snn_deploy.profiles import load_profile
+from snn_deploy.run.float_backend import run_float
 from snn_deploy.targets import load_target
 from snn_deploy.train.adversarial import pgd_linf
 from snn_deploy.train.ann import load_ann_checkpoint
@@ -180,7 +181,6 @@ def _simulate(graph: nir.NIRGraph, x: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def test_reference_simulation_agrees_with_the_float_backend(mlp, digits):
-    from snn_deploy.run.float_backend import run_float
 
     x = digits.x_test[:64]
     counts = _simulate(read_nir(mlp["nir"]), x, STEPS)
@@ -212,8 +212,13 @@ def test_conv_net_converts_to_conv_pool_flatten_nodes(conv, digits):
     # measured: ANN 0.939, SNN 0.892 (reset to zero costs more here than in the MLP); a wrong
     # fold of the pool or of lambda_1 lands near chance
     assert snn_accuracy >= conv["result"].test_accuracy - 0.08, snn_accuracy
-    with pytest.raises(UnsupportedNode, match="Conv2d"):  # our backends run chains of Affine
-        graph_to_network(read_nir(path))
+    # the float backend lowers Conv2d/SumPool2d/Flatten to one matrix per layer
+    # (convert/lowering.py) and computes the same counts as the direct reading above
+    net = graph_to_network(read_nir(path))
+    assert [layer.size for layer in net.layers] == [8 * 8 * 8, 10]
+    x = digits.x_test[:40]
+    out = run_float(net, x.unsqueeze(0).expand(STEPS, *x.shape)).recording.output
+    np.testing.assert_array_equal(counts[:40].numpy(), out.astype(np.int64).sum(axis=0))
 
 
 def test_avgpool_before_the_relu_folds_into_the_previous_layer():

@@ -101,9 +101,29 @@ def test_what_a_loihi_lif_cannot_do_is_refused_with_values():
     with pytest.raises(QuantizationError, match="synaptic time constant differs.*0.5..0.8"):
         _quantize(uneven)
     reset = dataclasses.replace(layer, spec=dataclasses.replace(
-        layer.spec, v_reset=np.array([0.2, 0.2])))
-    with pytest.raises(QuantizationError, match="v_reset = 0.2"):
-        _quantize(reset)
+        layer.spec, v_reset=np.array([-0.25, -0.25])))
+    with pytest.warns(UserWarning), \
+            pytest.raises(QuantizationError, match="v_threshold - v_reset = -1.25 must be > 0"):
+        _quantize(dataclasses.replace(reset, spec=dataclasses.replace(
+            reset.spec, v_threshold=np.array([-1.5, -1.5]))))
+    with pytest.raises(QuantizationError, match="v_reset differs"):
+        _quantize(dataclasses.replace(reset, spec=dataclasses.replace(
+            reset.spec, v_reset=np.array([0.0, 0.5]))))
+
+
+def test_a_nonzero_reset_runs_shifted_with_a_warning():
+    """v' = v - v_reset resets to 0 as Loihi does: the threshold moves to theta - v_reset and the
+    leak target to v_leak - v_reset, which enters as a bias mem_gain * (v_leak - v_reset)."""
+    layer = _layer(np.ones((2, 2)))
+    plain = _quantize(layer)
+    reset = dataclasses.replace(layer, spec=dataclasses.replace(
+        layer.spec, v_reset=np.array([-0.25, -0.25])))
+    with pytest.warns(UserWarning, match="v_reset = -0.25.*threshold 1 -> 1.25"):
+        q = _quantize(reset)
+    assert q.vth * 64 == pytest.approx(1.25 * q.scale, rel=1e-3)
+    assert plain.vth * 64 == pytest.approx(1.0 * plain.scale, rel=1e-3)
+    bias = q.bias_mant.astype(np.int64) << q.bias_exp
+    np.testing.assert_allclose(bias / q.scale, 0.1 * 0.25, rtol=1e-2)  # mem_gain = dt/tau = 0.1
 
 
 def test_deployment_file_round_trip(small_model_files, tmp_path):

@@ -196,8 +196,8 @@ def test_checkpoints_without_new_keys_load_and_unknown_decoders_are_refused():
     old = {"input_size": 4, "hidden": [3], "output_size": 2}
     cfg = ModelConfig.from_dict(old)
     assert not cfg.recurrent and cfg.decoder == "spike_count"
-    with pytest.raises(InputFileError, match="decoder 'max_membrane'"):
-        ModelConfig.from_dict({**old, "decoder": "max_membrane"})
+    with pytest.raises(InputFileError, match="decoder 'max_voltage'"):
+        ModelConfig.from_dict({**old, "decoder": "max_voltage"})
 
 
 # --- stability ----------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from snn_deploy.coding import BINARY_ENCODINGS, ENCODERS, encode
+from snn_deploy.coding import BINARY_ENCODINGS, ENCODERS, encode, encoded_width
 from snn_deploy.convert.export import model_to_nir, write_nir
-from snn_deploy.convert.nirgraph import FloatNetwork, graph_to_network, read_nir
+from snn_deploy.convert.nirgraph import RESETS, FloatNetwork, graph_to_network, read_nir, with_reset
 from snn_deploy.data import load_dataset
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.profiles import load_profile
@@ -29,13 +29,16 @@ from snn_deploy.train.bptt import EpochStats, TrainOptions, TrainResult, train_s
 from snn_deploy.train.model import ModelConfig, load_checkpoint
 
 CALIBRATION_SAMPLES = 256  # training samples used to calibrate the peak synaptic current
+# Random input on which deploy measures what a source model's reset by subtraction changes
+# (when no calibration data is given): Bernoulli spikes, fixed seed.
+EFFECT_SAMPLES, EFFECT_STEPS, EFFECT_RATE = 16, 100, 0.1
 
 
 def train(*, dataset: str, hidden: tuple[int, ...], encoding: str, steps: int, epochs: int,
           seed: int, lr: float, batch_size: int, recurrent: bool = False, rule: str = "bptt",
           loss: str = "count", decoder_beta: float = 1.0, noise_sigma: float = 0.0,
           adversarial: str = "none", eps: float = 0.1, attack_steps: int = 7, kappa: float = 0.5,
-          perturbation_weight: float = 0.0,
+          perturbation_weight: float = 0.0, init: str = "auto",
           on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
     """Train the reference Norse LIF network on a data set.
 
@@ -44,7 +47,8 @@ def train(*, dataset: str, hidden: tuple[int, ...], encoding: str, steps: int, e
     recorded in the checkpoint ("spike_count" or "first_spike"; logits -decoder_beta * t_first).
     Stability (``train.bptt``): ``noise_sigma`` (Gaussian-noise training) or ``adversarial`` fgsm|pgd
     with ``eps`` and ``attack_steps``; ``kappa`` weighs the clean loss against the perturbed one;
-    ``perturbation_weight`` is alpha of the membrane-perturbation regulariser.
+    ``perturbation_weight`` is alpha of the membrane-perturbation regulariser. ``init``: auto (wake
+    silent hidden layers, ``train.init``) or default (PyTorch's initialisation as it is).
     """
     if encoding not in ENCODERS:
         raise UserError(f"unknown encoding {encoding!r}: choose from {', '.join(ENCODERS)}")
@@ -58,10 +62,11 @@ def train(*, dataset: str, hidden: tuple[int, ...], encoding: str, steps: int, e
     options = TrainOptions(rule=rule, loss=loss, decoder_beta=decoder_beta,
                            noise_sigma=noise_sigma, adversarial=adversarial, eps=eps,
                            attack_steps=attack_steps, kappa=kappa,
-                           perturbation_weight=perturbation_weight)
+                           perturbation_weight=perturbation_weight, init=init)
     options.check()
     split = load_dataset(dataset)
-    config = ModelConfig(input_size=split.n_inputs, hidden=hidden, output_size=split.n_classes,
+    config = ModelConfig(input_size=encoded_width(encoding, split.n_inputs), hidden=hidden,
+                         output_size=split.n_classes,
                          encoding=encoding, steps=steps, dataset=dataset, recurrent=recurrent,
                          decoder=options.decoder, decoder_beta=decoder_beta)
     return train_snn(config, split, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
@@ -94,13 +99,8 @@ def run(model: str | Path, *, input_path: str | Path, backend: str, device: str 
     target = load_target(model, dt=dt)
     check_backend(target, backend)
     x = load_npy(input_path)
-    single = x.ndim == 2
-    if x.ndim not in (2, 3):
-        raise UserError(f"{input_path}: expected (T, n) or (T, B, n) spikes, got shape {x.shape}")
-    x3 = x[:, None, :] if single else x
-    width = target.input_size
-    if x3.shape[2] != width or x3.shape[0] < 1 or x3.shape[1] < 1:
-        raise UserError(f"{input_path}: shape {x.shape} does not fit {width} input channels")
+    shape = target.network.shape if target.network is not None else (target.input_size,)
+    x3, single = time_major(x, shape, what=str(input_path))
     graded = (target.deployment.input_scale > 1) if target.deployment is not None else \
         str(target.coding.get("encoding", "rate")) not in BINARY_ENCODINGS
     if not graded and not np.isin(x3, (0, 1)).all():
@@ -114,12 +114,26 @@ def run(model: str | Path, *, input_path: str | Path, backend: str, device: str 
     return RunResult(output=out[:, 0] if single else out, samples=x3.shape[1], steps=x3.shape[0])
 
 
+def time_major(x: np.ndarray, shape: tuple[int, ...], *, what: str) -> tuple[np.ndarray, bool]:
+    """(T, n), (T, *shape), (T, B, n) or (T, B, *shape) -> ((T, B, n), whether one sample)."""
+    n = int(np.prod(shape))
+    layouts = {(n,), tuple(shape)}
+    if x.ndim >= 2 and tuple(x.shape[1:]) in layouts and x.shape[0] >= 1:
+        return x.reshape(x.shape[0], 1, n), True
+    if x.ndim >= 3 and tuple(x.shape[2:]) in layouts and min(x.shape[:2]) >= 1:
+        return x.reshape(x.shape[0], x.shape[1], n), False
+    also = "" if len(shape) == 1 else f", or (T, *input) / (T, B, *input), input {tuple(shape)}"
+    raise UserError(f"{what}: shape {x.shape} does not fit {n} input channels: expected (T, n) or"
+                    f" (T, B, n){also}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DeployResult:
     deployment: Deployment
     warnings: tuple[str, ...]
     retuning: RetuneResult | None = None
     fidelity: tuple[FidelityLayer, ...] = ()  # on the calibration input; empty without data
+    notes: tuple[str, ...] = ()  # how the NIR import read the writer's conventions
 
 
 def calibration_input(network: FloatNetwork, *, dataset: str | None, calibration: str | None,
@@ -132,9 +146,13 @@ def calibration_input(network: FloatNetwork, *, dataset: str | None, calibration
     if dataset is not None:
         x = load_dataset(dataset).x_train[:CALIBRATION_SAMPLES]
     elif calibration is not None:
-        x = torch.from_numpy(load_npy(calibration)).to(torch.float32)
-        if x.ndim != 3:  # (N, *features) values in [0, 1]; 3-d arrays are encoded (T, N, n)
-            x = x.reshape(len(x), -1)
+        raw = load_npy(calibration)
+        shape = network.shape
+        if raw.ndim == len(shape) + 2 and tuple(raw.shape[2:]) == shape or \
+                raw.ndim == 3 and raw.shape[2] == network.input_size:  # encoded (T, N, *shape)
+            x = torch.from_numpy(raw.reshape(raw.shape[0], raw.shape[1], -1)).to(torch.float32)
+        else:  # (N, *features) values in [0, 1]
+            x = torch.from_numpy(raw.reshape(len(raw), -1)).to(torch.float32)
     else:
         return None
     if x.ndim == 2:  # values -> the graph's own coding
@@ -163,11 +181,41 @@ def load_npy(path: str | Path) -> np.ndarray:
     return arr
 
 
+def reset_effect(network: FloatNetwork, x: torch.Tensor) -> str:
+    """What resetting by subtraction (the source model) instead of to zero (NIR, Loihi 2) changes
+    in the float graph on input ``x`` (T, B, n): relative change of each layer's spike count and
+    the share of samples whose output argmax (spike count) stays the same."""
+    zero = run_float(network, x).recording
+    sub = run_float(with_reset(network, "subtract"), x).recording
+    changes = []
+    for name, a, b in zip(zero.layer_names, zero.counts, sub.counts):
+        total = max(int(b.sum()), 1)
+        changes.append(f"{name} {100 * (int(a.sum()) - int(b.sum())) / total:+.1f}%")
+    same = float(np.mean(zero.counts[-1].argmax(axis=1) == sub.counts[-1].argmax(axis=1)))
+    return (f"spike counts with reset to zero vs by subtraction: {', '.join(changes)}; output"
+            f" argmax unchanged on {100 * same:.1f}% of {x.shape[1]} samples")
+
+
+def random_spikes(network: FloatNetwork, *, seed: int, samples: int = EFFECT_SAMPLES,
+                  steps: int = EFFECT_STEPS, rate: float = EFFECT_RATE) -> torch.Tensor:
+    """(steps, samples, n) Bernoulli(rate) spikes from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand((steps, samples, network.input_size), generator=gen) < rate).float()
+
+
 def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
            dataset: str | None = None, calibration: str | None = None,
-           seed: int = 0, retune_mode: str = "none") -> DeployResult:
+           seed: int = 0, retune_mode: str = "none", source_reset: str = "zero") -> DeployResult:
     """NIR file -> Deployment for a profile, calibrated on data when it is given, and re-tuned
-    after quantization (``retune_mode``: none, rate, grad or robust; see quantize/retune.py)."""
+    after quantization (``retune_mode``: none, rate, grad or robust; see quantize/retune.py).
+
+    ``source_reset``: how the model that the graph came from reset its neurons. NIR (and Loihi 2)
+    reset v to v_reset; a writer whose model reset by subtraction (snnTorch's "subtract", Sinabs'
+    ``MembraneSubtract``) cannot say so in NIR. With "subtract", the warnings include what the
+    difference does to the float graph's spike counts, on the calibration input or random spikes.
+    """
+    if source_reset not in RESETS:
+        raise UserError(f"unknown --source-reset {source_reset!r}: choose from {', '.join(RESETS)}")
     if retune_mode not in ("none", *RETUNE_MODES):
         raise UserError(f"unknown --retune {retune_mode!r}: choose from none, {', '.join(RETUNE_MODES)}")
     if retune_mode in ("grad", "robust") and dataset is None:
@@ -187,6 +235,12 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
     encoding = str(network.coding.get("encoding", "rate"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if source_reset == "subtract":
+            probe = x if x is not None else random_spikes(network, seed=seed)
+            where = how if x is not None else (f"random spikes, p = {EFFECT_RATE}, {EFFECT_SAMPLES}"
+                                               f" x {EFFECT_STEPS} steps, seed {seed}")
+            warnings.warn("the source model reset by subtraction, NIR and a Loihi 2 LIF reset to"
+                          f" zero: on {where}, " + reset_effect(network, probe), stacklevel=2)
         dep = quantize_network(
             network, prof, graded_input=encoding not in BINARY_ENCODINGS, u_peaks=u_peaks,
             source_sha256=hashlib.sha256(source).hexdigest(), source_nir=source, calibration=how,
@@ -201,7 +255,7 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
         report = fidelity(dep, network, float_counts=run_float(network, x).recording.counts,
                           fixed_counts=run_emulator(dep, x).counts, steps=x.shape[0])
     return DeployResult(deployment=dep, warnings=tuple(str(w.message) for w in caught),
-                        retuning=tuning, fidelity=report)
+                        retuning=tuning, fidelity=report, notes=network.notes)
 
 
 def _retune(dep: Deployment, network: FloatNetwork, *, mode: str, dataset: str | None,

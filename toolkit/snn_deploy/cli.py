@@ -85,10 +85,17 @@ def cli() -> None:
               help="Hidden LIF layers with recurrent weights (exported as NIR cycles).")
 @click.option("--rule", type=click.Choice(["bptt", "decolle", "eprop"]), default="bptt",
               show_default=True, help="Learning rule: BPTT, or layer-local DECOLLE / e-prop.")
-@click.option("--loss", type=click.Choice(["count", "first_spike"]), default="count",
-              show_default=True, help="Spike-count or first-spike (temporal) loss and decoder.")
+@click.option("--loss", type=click.Choice(["count", "first_spike", "max_membrane"]),
+              default="count", show_default=True,
+              help="Loss and output decoder: spike count, first-spike time (temporal) or maximum"
+                   " membrane potential over time (docs/coding.md).")
 @click.option("--decoder-beta", type=float, default=1.0, show_default=True,
-              help="First-spike decoder: logits = -beta * first spike time.")
+              help="Logit scale: -beta * first spike time (steps), or beta * max membrane"
+                   " (units of the threshold).")
+@click.option("--init", "init", type=click.Choice(["auto", "default"]), default="auto",
+              show_default=True,
+              help="auto: scale up hidden layers the default init leaves silent on training data"
+                   " (e.g. latency coding); default: PyTorch's initialisation unchanged.")
 @click.option("--noise-sigma", type=float, default=0.0, show_default=True,
               help="Gaussian-noise training: sigma on the input values.")
 @click.option("--kappa", type=float, default=0.5, show_default=True,
@@ -97,7 +104,7 @@ def cli() -> None:
               help="Membrane-potential perturbation regulariser (Ding et al. ICML 2024), alpha.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Checkpoint (.pt).")
 def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, conv, adversarial,
-          eps, attack_steps, beta, recurrent, rule, loss, decoder_beta, noise_sigma, kappa,
+          eps, attack_steps, beta, recurrent, rule, loss, decoder_beta, init, noise_sigma, kappa,
           perturbation_weight, out) -> None:
     """Train a Norse LIF network with surrogate-gradient BPTT (or, with --ann, a ReLU ANN)."""
     from tqdm import tqdm
@@ -106,8 +113,8 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, c
     from snn_deploy.train.model import save_checkpoint
 
     ctx = click.get_current_context()
-    snn_only = ("encoding", "steps", "recurrent", "rule", "loss", "decoder_beta", "noise_sigma",
-                "kappa", "perturbation_weight")
+    snn_only = ("encoding", "steps", "recurrent", "rule", "loss", "decoder_beta", "init",
+                "noise_sigma", "kappa", "perturbation_weight")
     given = {p for p in snn_only if ctx.get_parameter_source(p).name != "DEFAULT"}
     if ann and given:
         raise UserError(f"--{sorted(given)[0].replace('_', '-')} does not apply to --ann (an ANN"
@@ -139,19 +146,23 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, c
                        rule=rule, loss=loss, decoder_beta=decoder_beta, noise_sigma=noise_sigma,
                        adversarial=adversarial, eps=eps,
                        attack_steps=attack_steps if attack_steps is not None else 7, kappa=kappa,
-                       perturbation_weight=perturbation_weight, on_epoch=on_epoch)
+                       perturbation_weight=perturbation_weight, init=init, on_epoch=on_epoch)
     bar.close()
     last = result.history[-1]
     save_checkpoint(result.model, Path(out), extra={
         "seed": seed, "epochs": epochs, "test_accuracy": result.test_accuracy,
         "train_accuracy": last.train_accuracy, "loss": last.loss,
-        "options": dataclasses.asdict(result.options),
+        "options": dataclasses.asdict(result.options), "init_gains": list(result.init_gains),
     })
     cfg = result.model.config
     kind = f"{'recurrent ' if recurrent else ''}LIF network ({rule}, {loss} loss"
     click.echo(f"trained {'-'.join(str(n) for n in (cfg.input_size, *hidden, cfg.output_size))}"
                f" {kind}, {encoding} coding, T={steps}) on {dataset}: train accuracy"
                f" {last.train_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}")
+    woken = [f"{g:.3g}" for g in result.init_gains if g != 1.0]
+    if woken:
+        click.echo(f"init: silent hidden layers scaled up by {', '.join(woken)}"
+                   f" (gains per hidden layer: {', '.join(f'{g:.3g}' for g in result.init_gains)})")
     click.echo(f"wrote {out}")
 
 
@@ -229,7 +240,8 @@ def export(checkpoint, out) -> None:
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
               help="Calibrate the current range on this data set's training split.")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
-              help="Calibrate on a .npy array: (N, features) in [0, 1] or encoded (T, N, n).")
+              help="Calibrate on a .npy array: (N, features) in [0, 1], or encoded (T, N, n) or"
+                   " (T, N, *input_shape). Without it or --dataset: scales from weights alone.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Deployment file (.deploy.h5).")
@@ -239,7 +251,12 @@ def export(checkpoint, out) -> None:
               default="none", show_default=True,
               help="Re-tune after quantization on --dataset: thresholds to the float rates (rate),"
                    " thresholds and weights for the task loss (grad) or an adversarial one (robust).")
-def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune_mode) -> None:
+@click.option("--source-reset", type=click.Choice(["zero", "subtract"]), default="zero",
+              show_default=True,
+              help="How the model the graph came from reset its neurons (NIR cannot say): with"
+                   " subtract, a warning measures what Loihi's reset to zero changes.")
+def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune_mode,
+           source_reset) -> None:
     """Quantize a NIR graph for a hardware profile and write a Deployment."""
     from snn_deploy import api
     from snn_deploy.evaluate.report import format_table
@@ -249,7 +266,9 @@ def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune
     if netx_out:
         check_writable(netx_out)
     result = api.deploy(model, profile=profile, dt=dt, dataset=dataset, calibration=calibration,
-                        seed=seed, retune_mode=retune_mode)
+                        seed=seed, retune_mode=retune_mode, source_reset=source_reset)
+    for message in result.notes:
+        click.echo(f"note: {message}", err=True)
     for message in result.warnings:
         click.echo(f"warning: {message}", err=True)
     dep = result.deployment
@@ -371,7 +390,8 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
-              help="Spikes (.npy), time-major: (T, n) for one sample or (T, B, n) for a batch.")
+              help="Spikes (.npy), time-major: (T, n) or (T, *input_shape) for one sample,"
+                   " (T, B, n) or (T, B, *input_shape) for a batch.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="emulator", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device (float, emulator).")
 @click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")

@@ -1,6 +1,8 @@
 """Input encoders (values in [0, 1] -> time-major spikes or currents) and output decoders.
 
-All encoders return float32 tensors of shape (T, B, n), time-major as in Norse.
+All encoders return float32 tensors of shape (T, B, k n), time-major as in Norse, where k is the
+encoding's number of stacked channels per input value (``channels``): 1, or
+``len(FUSION_PARTS)`` for fusion coding.
 """
 
 from __future__ import annotations
@@ -74,6 +76,22 @@ def burst_last_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor
     return ((t >= 1.0 - x.unsqueeze(0)) & (x.unsqueeze(0) > 0)).to(torch.float32)
 
 
+# Fusion coding (Ding et al. 2023, arXiv 2306.05654, "coding fusion"; Nat. Commun. 2025): the same
+# values encoded by several codings, stacked as channels. For flat inputs the channel blocks are
+# concatenated along the feature axis in this order: [rate(x) | latency(x) | burst-first(x)].
+FUSION_PARTS = ("rate", "latency", "burst-first")
+
+
+def fusion_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
+    """Fusion coding: ``FUSION_PARTS`` applied to the same (B, n) values, concatenated along the
+    last axis. The rate part draws the same numbers as ``rate_encode`` with this seed.
+
+    Returns:
+        (T, B, 3 n) float32 tensor of 0/1 spikes.
+    """
+    return torch.cat([ENCODERS[part](x, steps=steps, seed=seed) for part in FUSION_PARTS], dim=-1)
+
+
 MAX_STEPS = 100_000  # a bound on --steps, so a typo fails at once rather than in an allocation
 
 Encoder = Callable[..., torch.Tensor]
@@ -84,12 +102,52 @@ ENCODERS: dict[str, Encoder] = {
     "latency": latency_encode,
     "burst-first": burst_first_encode,
     "burst-last": burst_last_encode,
+    "fusion": fusion_encode,
 }
 
 # Encodings whose output is binary spikes (the others carry graded values).
-BINARY_ENCODINGS = frozenset({"rate", "latency", "burst-first", "burst-last"})
+BINARY_ENCODINGS = frozenset({"rate", "latency", "burst-first", "burst-last", "fusion"})
 # Encodings that draw random numbers (evaluation seeds them; attacks freeze or average them).
-STOCHASTIC_ENCODINGS = frozenset({"rate"})
+STOCHASTIC_ENCODINGS = frozenset({"rate", "fusion"})
+
+
+def channels(encoding: str) -> int:
+    """Encoded channels per input value: ``len(FUSION_PARTS)`` for fusion, else 1 (also for names
+    that are no encoding, such as an ANN's "none")."""
+    return len(FUSION_PARTS) if encoding == "fusion" else 1
+
+
+def encoded_width(encoding: str, n_inputs: int) -> int:
+    """Width of the encoded input (what the network's first layer takes) for n_inputs values."""
+    return channels(encoding) * n_inputs
+
+
+def encode_with_uniforms(x: torch.Tensor, uniforms: torch.Tensor, *, encoding: str,
+                         steps: int) -> torch.Tensor:
+    """A stochastic encoding with its random numbers given: (B, n) values and (T, B, n) uniforms
+    in [0, 1) (the numbers ``rate_encode`` would draw) -> what ``encode`` gives for them."""
+    rate = (uniforms < x.clamp(0.0, 1.0).unsqueeze(0)).to(torch.float32)
+    if encoding == "rate":
+        return rate
+    if encoding == "fusion":
+        rest = [ENCODERS[p](x, steps=steps, seed=0) for p in FUSION_PARTS if p != "rate"]
+        return torch.cat([rate, *rest], dim=-1)
+    raise UserError(f"encoding {encoding!r} draws no random numbers")
+
+
+def straight_through_values(x: torch.Tensor, *, encoding: str, steps: int) -> torch.Tensor:
+    """(B, n) values -> (T, B, k n): x repeated over time and over the k stacked channels, the
+    stand-in whose gradient the encoders pass straight through (d spikes / d x = 1 per channel)."""
+    return x.repeat(1, channels(encoding)).unsqueeze(0).expand(steps, -1, -1)
+
+
+def fold_channels(grad: torch.Tensor, *, encoding: str) -> torch.Tensor:
+    """(..., k n) gradient with respect to the encoded channels -> (..., n), summing each value's
+    k stacked channels (the adjoint of the channel repetition in ``straight_through_values``)."""
+    k = channels(encoding)
+    if k == 1:
+        return grad
+    return grad.reshape(*grad.shape[:-1], k, grad.shape[-1] // k).sum(dim=-2)
 
 
 def encode(x: torch.Tensor, *, encoding: str, steps: int, seed: int) -> torch.Tensor:

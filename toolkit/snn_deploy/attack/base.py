@@ -21,7 +21,8 @@ from typing import Callable, Protocol
 
 import torch
 
-from snn_deploy.coding import BINARY_ENCODINGS, STOCHASTIC_ENCODINGS, encode
+from snn_deploy.coding import (BINARY_ENCODINGS, STOCHASTIC_ENCODINGS, encode,
+                               encode_with_uniforms, straight_through_values)
 from snn_deploy.errors import UserError
 
 BATCH = 512  # the encoder chunk of evaluate.accuracy.encoded_batches (kept equal by a test)
@@ -56,12 +57,14 @@ class FrozenEncoder:
         x = x.detach().to(torch.float32).clamp(0.0, 1.0)
         if not self.stochastic:  # deterministic encoders need no frozen noise
             return encode(x, encoding=self.encoding, steps=self.steps, seed=self.seed)
-        return (self._uniforms(idx, draw) < x.unsqueeze(0)).to(torch.float32)
+        return encode_with_uniforms(x, self._uniforms(idx, draw), encoding=self.encoding,
+                                    steps=self.steps)
 
     def differentiable(self, x: torch.Tensor, idx: torch.Tensor, draw: int = 0) -> torch.Tensor:
-        """Encoder output with straight-through gradients to x: d spikes / d x = 1."""
+        """Encoder output with straight-through gradients to x: d spikes / d x = 1 (for fusion,
+        per stacked channel, so a value's gradient is the sum over its channels)."""
         exact = self.spikes(x, idx, draw)
-        xs = x.unsqueeze(0).expand(self.steps, *x.shape)
+        xs = straight_through_values(x, encoding=self.encoding, steps=self.steps)
         return xs + (exact - xs).detach()
 
 

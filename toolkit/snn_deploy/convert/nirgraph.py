@@ -6,23 +6,47 @@ Neuron dynamics, discretised with time step dt exactly as Norse does (norse/torc
     v_t = v_{t-1} + mem_gain * (leak * (v_leak - v_{t-1}) + r * I_t)
                                                             mem_gain = dt/tau_mem (LIF family), 1 (IF)
     z_t = [v_t > v_threshold];   v_t <- v_reset where z_t
+
+A Threshold node is the memoryless case (syn_keep = 0, mem_gain = 1, leak: v_t = I_t).
+
+Writers differ in how a CubaLIF's ``w_in`` is meant (docs/nir-import.md). Norse (and our own
+exporter) write ``w_in = 1`` and add the input to the current as above. snnTorch writes
+``w_in = tau_syn/dt`` and ``r = tau_mem/dt``, i.e. NIR's ODE ``tau_syn dI/dt = -I + w_in x`` under
+forward Euler, ``I_t = syn_keep I_{t-1} + (dt/tau_syn) w_in x_t``: a CubaLIF whose w_in equals
+tau_syn/dt (and is not 1) is read that way, and the import notes it.
+
+Between two neurons any run of linear nodes (Affine, Linear, Scale, Conv1d/2d, SumPool2d,
+AvgPool2d, Flatten, Identity) is composed into one weight matrix (``convert.lowering``); nested
+subgraphs are inlined first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from pathlib import Path
 
 import nir
 import numpy as np
 
+from snn_deploy.convert.lowering import LINEAR_TYPES, AffineMap, compose, inline_subgraphs
 from snn_deploy.errors import InputFileError, UnsupportedNode, UserError
 from snn_deploy.hdf5_limits import check_declared_sizes
 
-SYNAPSE_TYPES = ("Affine", "Linear")
-NEURON_TYPES = ("CubaLIF", "LIF", "IF")
-SUPPORTED_TYPES = ("Input", "Output", *SYNAPSE_TYPES, *NEURON_TYPES)
+SYNAPSE_TYPES = ("Affine", "Linear")  # what a recurrent synapse may be
+NEURON_TYPES = ("CubaLIF", "LIF", "IF", "Threshold")
+SUPPORTED_TYPES = ("Input", "Output", *LINEAR_TYPES, *NEURON_TYPES, "NIRGraph")
+# Types refused with a reason of their own (beyond "not supported").
+REFUSED = {
+    "LI": "a leaky integrator sends no spikes, and a Loihi 2 layer and our Recordings carry spikes;"
+          " end the graph with a spiking layer (LIF/CubaLIF/IF) and decode its spike counts",
+    "CubaLI": "a leaky integrator sends no spikes, and a Loihi 2 layer and our Recordings carry"
+              " spikes; end the graph with a spiking layer (LIF/CubaLIF/IF) and decode its spikes",
+}
+# Relative tolerance for recognising snnTorch's w_in = tau_syn/dt (float32 files: ~1e-7).
+CONVENTION_RTOL = 1e-3
+RESETS = ("zero", "subtract")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +62,7 @@ class NeuronSpec:
     v_leak: np.ndarray
     v_threshold: np.ndarray
     v_reset: np.ndarray
+    reset: str = "zero"  # "subtract": v <- v - v_threshold on a spike (not NIR; for comparisons)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +93,26 @@ class FloatNetwork:
     input_size: int
     layers: tuple[FloatLayer, ...]
     coding: dict
+    input_shape: tuple[int, ...] = ()  # NIR's (channel-first) input shape; () means (input_size,)
+    notes: tuple[str, ...] = ()  # how the import read the writer's conventions
 
     @property
     def output_size(self) -> int:
         return self.layers[-1].size
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The input shape (C-major flattening gives the input vector)."""
+        return self.input_shape or (self.input_size,)
+
+
+def with_reset(net: FloatNetwork, reset: str) -> FloatNetwork:
+    """The same network with every neuron reset to ``v_reset`` ("zero") or by subtraction."""
+    if reset not in RESETS:
+        raise UserError(f"unknown reset {reset!r}: choose from {', '.join(RESETS)}")
+    layers = tuple(dataclasses.replace(layer, spec=dataclasses.replace(layer.spec, reset=reset))
+                   for layer in net.layers)
+    return dataclasses.replace(net, layers=layers)
 
 
 def read_nir(path: str | Path) -> nir.NIRGraph:
@@ -121,8 +162,15 @@ def _param(node: nir.NIRNode, name: str, n: int, default: float | None = None) -
     return arr
 
 
-def neuron_spec(node: nir.NIRNode, n: int, dt: float, name: str) -> NeuronSpec:
-    """Discretise a NIR neuron node (CubaLIF, LIF, IF) with time step dt."""
+def _snntorch_w_in(w_in: np.ndarray, tau_syn: np.ndarray, dt: float) -> bool:
+    """w_in written as tau_syn/dt (snnTorch), not as a plain input gain of 1 (Norse)."""
+    return bool(not np.allclose(w_in, 1.0) and np.allclose(w_in, tau_syn / dt, rtol=CONVENTION_RTOL))
+
+
+def neuron_spec(node: nir.NIRNode, n: int, dt: float, name: str,
+                notes: list[str] | None = None) -> NeuronSpec:
+    """Discretise a NIR neuron node (CubaLIF, LIF, IF, Threshold) with time step dt; what the
+    reading assumed about the writer's conventions is appended to ``notes``."""
     kind = type(node).__name__
     ones = np.ones(n)
     if kind in ("CubaLIF", "LIF"):
@@ -135,10 +183,18 @@ def neuron_spec(node: nir.NIRNode, n: int, dt: float, name: str) -> NeuronSpec:
             if np.any(tau <= 0):
                 raise UserError(f"node {name!r} ({kind}): {pname} must be > 0, min is {tau.min()}")
         syn_keep = 1.0 - dt / tau_syn if kind == "CubaLIF" else np.zeros(n)
+        w_in = ones
+        if kind == "CubaLIF":
+            w_in = _param(node, "w_in", n, 1.0)
+            if _snntorch_w_in(w_in, tau_syn, dt):
+                if notes is not None:
+                    notes.append(f"node {name!r} (CubaLIF): w_in = tau_syn/dt"
+                                 f" ({float(np.median(w_in)):.4g} at dt = {dt:g} s), read as NIR's"
+                                 " Euler form (snnTorch): I = syn_keep I + (dt/tau_syn) w_in x")
+                w_in = w_in * dt / tau_syn
         return NeuronSpec(
             kind=kind, syn_keep=syn_keep, mem_gain=dt / tau_mem, leak=True,
-            r=_param(node, "r", n, 1.0),
-            w_in=_param(node, "w_in", n, 1.0) if kind == "CubaLIF" else ones,
+            r=_param(node, "r", n, 1.0), w_in=w_in,
             v_leak=_param(node, "v_leak", n, 0.0),
             v_threshold=_param(node, "v_threshold", n),
             v_reset=_param(node, "v_reset", n, 0.0),
@@ -150,12 +206,25 @@ def neuron_spec(node: nir.NIRNode, n: int, dt: float, name: str) -> NeuronSpec:
             v_threshold=_param(node, "v_threshold", n),
             v_reset=_param(node, "v_reset", n, 0.0),
         )
+    if kind == "Threshold":  # z = [x > theta]: v_t = I_t, nothing kept from step to step
+        return NeuronSpec(
+            kind=kind, syn_keep=np.zeros(n), mem_gain=ones, leak=True, r=ones, w_in=ones,
+            v_leak=np.zeros(n), v_threshold=_param(node, "threshold", n), v_reset=np.zeros(n),
+        )
     raise UnsupportedNode(f"node {name!r} has unsupported neuron type {kind}")
 
 
-def _graph_dt(graph: nir.NIRGraph, dt: float | None) -> float:
+# Neuron types whose discretisation does not depend on dt.
+DT_FREE = ("IF", "Threshold")
+
+
+def _graph_dt(graph: nir.NIRGraph, dt: float | None, notes: list[str]) -> float:
     raw = dt if dt is not None else (graph.metadata or {}).get("dt")
     if raw is None:
+        kinds = {type(node).__name__ for node in graph.nodes.values()} & set(NEURON_TYPES)
+        if kinds <= set(DT_FREE):
+            notes.append("the graph has no dt, and its neurons (IF, Threshold) need none: dt = 1 s")
+            return 1.0
         raise UserError("the NIR graph has no dt in its metadata: pass --dt (seconds)")
     try:
         value = float(np.asarray(raw))
@@ -166,21 +235,19 @@ def _graph_dt(graph: nir.NIRGraph, dt: float | None) -> float:
     return value
 
 
-def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNetwork:
-    """Validate a NIR graph and turn it into a layer chain.
-
-    Raises:
-        UnsupportedNode: naming every node of an unsupported type (id and type) at once, or the
-            place where the graph is not a chain Input -> (synapse -> neuron)+ -> Output.
-    """
+def _check_types(graph: nir.NIRGraph) -> None:
+    refused = [f"{name!r} ({type(node).__name__}: {REFUSED[type(node).__name__]})"
+               for name, node in graph.nodes.items() if type(node).__name__ in REFUSED]
     unsupported = [f"{name!r} ({type(node).__name__})" for name, node in graph.nodes.items()
                    if type(node).__name__ not in SUPPORTED_TYPES]
-    if unsupported:
-        raise UnsupportedNode(
-            "unsupported NIR node(s): " + ", ".join(sorted(unsupported))
-            + f"; supported types are {', '.join(SUPPORTED_TYPES)}"
-        )
-    step = _graph_dt(graph, dt)
+    if refused or unsupported:
+        what = "unsupported NIR node(s): " + ", ".join(sorted(unsupported + refused))
+        raise UnsupportedNode(what + f"; supported types are {', '.join(SUPPORTED_TYPES)}")
+
+
+def _chain(graph: nir.NIRGraph) -> tuple[str, list[str], dict[str, str]]:
+    """(input node, the nodes after it up to and including the Output, neuron -> recurrent
+    synapse) of a chain with optional self-loops neuron -> Affine|Linear -> the same neuron."""
     succ: dict[str, list[str]] = {n: [] for n in graph.nodes}
     for src, dst in graph.edges:
         if src not in graph.nodes or dst not in graph.nodes:
@@ -189,9 +256,6 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
     inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(inputs) != 1:
         raise UnsupportedNode(f"the graph must have exactly one Input node, found {len(inputs)}")
-    input_type = graph.nodes[inputs[0]].input_type
-    width = int(np.prod(next(iter(input_type.values())))) if input_type else 0
-    input_size = width
     chain: list[str] = []
     current, seen = inputs[0], {inputs[0]}
     loops: dict[str, str] = {}  # neuron -> its recurrent synapse
@@ -206,36 +270,57 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
             nxt = [n for n in nxt if n != back[0]]
         if len(nxt) != 1:
             raise UnsupportedNode(
-                f"node {current!r} has {len(nxt)} successors: only chains"
-                " Input -> (Affine|Linear -> neuron [with a recurrent Affine|Linear])+ -> Output"
-                " are supported yet"
+                f"node {current!r} has {len(nxt)} successors: only chains Input -> (linear"
+                " nodes -> neuron [with a recurrent Affine|Linear])+ -> Output are supported yet"
             )
         current = nxt[0]
         if current in seen:
-            raise UnsupportedNode(f"the graph has a cycle through {current!r}: not supported yet")
+            raise UnsupportedNode(f"the graph has a cycle through {current!r}: only a neuron's"
+                                  " own recurrent Affine|Linear is supported")
         seen.add(current)
         chain.append(current)
-    body = chain[:-1]
+    return inputs[0], chain, loops
+
+
+def _input_shape(node: nir.Input) -> tuple[int, ...]:
+    types = node.input_type or {}
+    if not types:
+        return (0,)
+    return tuple(int(s) for s in np.asarray(next(iter(types.values()))).reshape(-1))
+
+
+def _synapse(graph: nir.NIRGraph, names: list[str], shape: tuple[int, ...]) -> AffineMap:
+    amap = compose([(n, graph.nodes[n]) for n in names], shape)
+    for what, arr in (("weight", amap.weight), ("bias", amap.bias)):
+        if not np.all(np.isfinite(arr)):
+            raise UserError(f"node(s) {', '.join(map(repr, names))}: {what} holds NaN or Inf")
+    return amap
+
+
+def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNetwork:
+    """Validate a NIR graph and turn it into a layer chain.
+
+    Raises:
+        UnsupportedNode: naming every node of an unsupported type (id and type) at once, or the
+            place where the graph is not a chain Input -> (linear nodes -> neuron)+ -> Output.
+    """
+    graph = inline_subgraphs(graph)
+    _check_types(graph)
+    notes: list[str] = []
+    step = _graph_dt(graph, dt, notes)
+    first, chain, loops = _chain(graph)
+    in_shape = _input_shape(graph.nodes[first])
+    shape = in_shape
     layers: list[FloatLayer] = []
-    for i in range(0, len(body), 2):
-        syn_name = body[i]
-        neu_name = body[i + 1] if i + 1 < len(body) else None
-        syn = graph.nodes[syn_name]
-        if type(syn).__name__ not in SYNAPSE_TYPES or neu_name is None or \
-                type(graph.nodes[neu_name]).__name__ not in NEURON_TYPES:
-            got = " -> ".join(f"{n!r} ({type(graph.nodes[n]).__name__})"
-                              for n in body[i:i + 2])
-            raise UnsupportedNode(f"expected a synapse followed by a neuron, got {got}")
-        weight = np.asarray(syn.weight, dtype=np.float64)
-        if weight.ndim != 2 or weight.shape[1] != width:
-            raise UnsupportedNode(
-                f"node {syn_name!r}: weight shape {weight.shape} does not take {width} inputs"
-            )
-        if not np.all(np.isfinite(weight)):
-            raise UserError(f"node {syn_name!r}: weight holds NaN or Inf")
-        n = weight.shape[0]
-        bias = _param(syn, "bias", n) if isinstance(syn, nir.Affine) else np.zeros(n)
-        rec_name = loops.get(neu_name)
+    pending: list[str] = []
+    for name in chain[:-1]:
+        kind = type(graph.nodes[name]).__name__
+        if kind in LINEAR_TYPES:
+            pending.append(name)
+            continue
+        amap = _synapse(graph, pending, shape)
+        n = math.prod(amap.out_shape)
+        rec_name = loops.get(name)
         rec = rec_bias = None
         if rec_name is not None:
             rec_node = graph.nodes[rec_name]
@@ -244,11 +329,18 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
                 raise UnsupportedNode(f"node {rec_name!r}: recurrent weight of shape {rec.shape}"
                                       f" (finite values, ({n}, {n}) expected)")
             rec_bias = _param(rec_node, "bias", n) if isinstance(rec_node, nir.Affine) else np.zeros(n)
-        layers.append(FloatLayer(synapse=syn_name, neuron=neu_name, weight=weight, bias=bias,
-                                 spec=neuron_spec(graph.nodes[neu_name], n, step, neu_name),
+        layers.append(FloatLayer(synapse="+".join(pending) or f"identity:{name}", neuron=name,
+                                 weight=amap.weight, bias=amap.bias,
+                                 spec=neuron_spec(graph.nodes[name], n, step, name, notes),
                                  recurrent=rec, recurrent_bias=rec_bias, recurrent_synapse=rec_name))
-        width = n
+        shape, pending = amap.out_shape, []
+    if pending:
+        got = ", ".join(f"{n!r} ({type(graph.nodes[n]).__name__})" for n in pending)
+        raise UnsupportedNode(f"linear node(s) {got} after the last neuron: the graph's output must"
+                              " be a neuron layer's spikes")
     if not layers:
         raise UnsupportedNode("the graph has no synapse -> neuron layer")
     coding = dict((graph.metadata or {}).get("snn_deploy", {}))
-    return FloatNetwork(dt=step, input_size=input_size, layers=tuple(layers), coding=coding)
+    return FloatNetwork(dt=step, input_size=math.prod(in_shape), layers=tuple(layers),
+                        coding=coding, input_shape=in_shape if len(in_shape) > 1 else (),
+                        notes=tuple(notes))

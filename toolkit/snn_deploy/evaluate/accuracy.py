@@ -9,15 +9,16 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from snn_deploy.coding import MAX_STEPS, encode
+from snn_deploy.coding import MAX_STEPS, encode, encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity
 from snn_deploy.run.emulator import Emulator
-from snn_deploy.run.float_backend import run_float
+from snn_deploy.run.float_backend import LayerParams, heaviside, layer_step, run_float
+from snn_deploy.run.membrane import MembraneEmulator
 from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
-from snn_deploy.train.decoding import DECODERS, decoder_predict
+from snn_deploy.train.decoding import DECODERS, MEMBRANE_DECODERS, decoder_predict
 from snn_deploy.train.ann import neuron_activations
 
 BACKENDS = ("float", "emulator", "lava-sim", "loihi2")
@@ -68,6 +69,55 @@ def run_checkpoint(target: Target, x: torch.Tensor) -> Recording:
                      counts=tuple(counts))
 
 
+def run_checkpoint_membrane(target: Target, x: torch.Tensor) -> Recording:
+    """``run_checkpoint`` with the output layer's pre-reset membrane (``train.model.Trace``, whose
+    step is Norse's, tests/test_train_rules.py)."""
+    if target.checkpoint is None:
+        raise UserError(f"{target.path} is not a checkpoint")
+    with torch.no_grad():
+        trace = target.checkpoint.trace(x)
+    assert trace.membrane is not None
+    return Recording(output=trace.output.to(torch.uint8).numpy(),
+                     layer_names=tuple(str(2 * k + 1) for k in range(len(trace.spikes))),
+                     counts=tuple(z.sum(0).to(torch.int64).numpy() for z in trace.spikes),
+                     membrane=trace.membrane.to(torch.float64).numpy())
+
+
+def run_float_membrane(target: Target, x: torch.Tensor) -> Recording:
+    """The float backend's run (``run.float_backend.layer_step``, step by step) recording the output
+    layer's membrane before threshold and reset, in units of its threshold."""
+    net = target.require_network()
+    steps, batch = x.shape[0], x.shape[1]
+    x = x.reshape(steps, batch, -1).to(torch.float32)
+    params = [LayerParams.of(layer) for layer in net.layers]
+    i = [torch.zeros(batch, layer.size) for layer in net.layers]
+    v = [torch.zeros(batch, layer.size) for layer in net.layers]
+    last = [torch.zeros(batch, layer.size) for layer in net.layers]
+    spikes: list[list[torch.Tensor]] = [[] for _ in net.layers]
+    seen: list[torch.Tensor] = []
+
+    def spike_seen(v_pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        seen.append(v_pre / threshold)
+        return heaviside(v_pre, threshold)
+
+    membrane = []
+    with torch.no_grad():
+        for t in range(steps):
+            z = x[t]
+            for k, p in enumerate(params):
+                out = k == len(params) - 1
+                z, i[k], v[k] = layer_step(p, z, i[k], v[k], last[k],
+                                           spike=spike_seen if out else heaviside)
+                last[k] = z
+                spikes[k].append(z)
+            membrane.append(seen.pop())
+    stacked = [torch.stack(z) for z in spikes]
+    return Recording(output=stacked[-1].to(torch.uint8).numpy(),
+                     layer_names=tuple(layer.neuron for layer in net.layers),
+                     counts=tuple(z.sum(0).to(torch.int64).numpy() for z in stacked),
+                     membrane=torch.stack(membrane).to(torch.float64).numpy())
+
+
 def _synapses(target: Target, backend: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """The weights the backend runs: per layer, feed-forward and recurrent (or None)."""
     if backend in DEPLOYED_BACKENDS:
@@ -82,39 +132,49 @@ def _synapses(target: Target, backend: str) -> tuple[list[np.ndarray], list[np.n
 
 def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *,
                 device: str = "cpu", total: int | None = None,
-                on_progress: Progress | None = None) -> Recording:
+                on_progress: Progress | None = None, membrane: bool = False) -> Recording:
     """Run consecutive (T, B, n) input batches on a backend, as one stream of samples.
 
     float and emulator take the batches one by one (bounded memory; one Emulator for all of them,
     so recurrent layers carry state from sample to sample as in the single Lava run); lava-sim
     and loihi2 run all samples in one Lava run (loihi2 on the chip, its Recording carrying the
     profiler's measured time and energy; without Intel's lava-loihi it raises BackendUnavailable
-    before reading any input).
+    before reading any input). ``membrane``: also record the output layer's pre-reset membrane
+    (``Recording.membrane``, the max-membrane decoder's input; not on loihi2).
     """
     check_backend(target, backend)
     if target.ann is not None:
         raise UserError(f"{target.path} is an ANN: it reads values, not spike trains; evaluate it"
                         " on the float backend, or convert it to a NIR graph with"
                         " `snn-deploy convert`")
+    if membrane and backend == "loihi2":
+        raise UserError("the max-membrane decoder reads the output layer's v every step; the loihi2"
+                        " backend records spikes only (use emulator or lava-sim)")
     if backend == "lava-sim":
-        from snn_deploy.run.lava_sim import run_lava_sim
+        from snn_deploy.run.lava_sim import run_lava_sim, run_lava_sim_membrane
 
         xs = torch.cat(list(batches), dim=1)
-        return run_lava_sim(target.require_deployment(), xs.numpy(), on_progress=on_progress)
+        run_lava = run_lava_sim_membrane if membrane else run_lava_sim
+        return run_lava(target.require_deployment(), xs.numpy(), on_progress=on_progress)
     if backend == "loihi2":
         from snn_deploy.run.loihi2 import require_lava_loihi, run_loihi2
 
         require_lava_loihi()
         xs = torch.cat(list(batches), dim=1)
         return run_loihi2(target.require_deployment(), xs.numpy(), on_progress=on_progress)
-    emulator = Emulator(target.require_deployment(), device=device) \
-        if backend == "emulator" else None
+    emulator: Emulator | MembraneEmulator | None = None
+    if backend == "emulator":
+        dep = target.require_deployment()
+        emulator = MembraneEmulator(dep, device=device) if membrane else Emulator(dep, device=device)
     parts, done = [], 0
     for xb in batches:
         if emulator is not None:
             parts.append(emulator.run(xb))
         elif target.checkpoint is not None:
-            parts.append(run_checkpoint(target, xb))
+            parts.append(run_checkpoint_membrane(target, xb) if membrane
+                         else run_checkpoint(target, xb))
+        elif membrane:
+            parts.append(run_float_membrane(target, xb))
         else:
             parts.append(run_float(target.require_network(), xb).recording)
         done += xb.shape[1]
@@ -124,11 +184,22 @@ def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *
 
 
 def _concat(parts: list[Recording]) -> Recording:
+    membranes = [p.membrane for p in parts]
     return Recording(
         output=np.concatenate([p.output for p in parts], axis=1),
         layer_names=parts[0].layer_names,
         counts=tuple(np.concatenate(c) for c in zip(*(p.counts for p in parts))),
+        membrane=None if any(m is None for m in membranes)
+        else np.concatenate(membranes, axis=1),  # type: ignore[arg-type]
     )
+
+
+def recording_predictions(recording: Recording, decoder: str) -> np.ndarray:
+    """(B,) int64 classes of a Recording under the named decoder (its membrane for a membrane
+    decoder)."""
+    membrane = None if recording.membrane is None else torch.from_numpy(recording.membrane)
+    return decoder_predict(torch.from_numpy(recording.output.astype(np.float32)), decoder=decoder,
+                           membrane=membrane).numpy()
 
 
 def encoded_batches(x: torch.Tensor, *, encoding: str, steps: int, seed: int
@@ -155,9 +226,12 @@ def _samples(target: Target, split: Split, *, part: str, limit: int | None
     """The (N, n) inputs and (N,) labels of a split part, the first ``limit`` of them if given."""
     x, y = split.part(part)
     width = target.input_size
-    if x.shape[1] != width:
+    encoding = str(target.coding.get("encoding", "rate"))
+    if encoded_width(encoding, x.shape[1]) != width:
+        how = "" if encoded_width(encoding, 1) == 1 else f" ({encoding} coding stacks" \
+            f" {encoded_width(encoding, 1)} channels per value)"
         raise UserError(
-            f"{target.path} takes {width} inputs, but {split.name} samples have {x.shape[1]}"
+            f"{target.path} takes {width} inputs, but {split.name} samples have {x.shape[1]}{how}"
         )
     if limit is not None:
         if limit < 1:
@@ -237,16 +311,15 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
             events_parts.append((xb != 0).sum(dim=0).to(torch.int64).numpy())
             yield xb
 
-    started = time.perf_counter()
-    recording = run_backend(target, backend, counted(), device=device, total=len(x),
-                            on_progress=on_progress)
-    wall = time.perf_counter() - started
     decoder = str(coding.get("decoder", "spike_count"))
     if decoder not in DECODERS:
         raise UserError(f"{target.path}: unknown decoder {decoder!r} in its coding (known:"
                         f" {', '.join(DECODERS)})")
-    predictions = decoder_predict(torch.from_numpy(recording.output.astype(np.float32)),
-                                  decoder=decoder).numpy()
+    started = time.perf_counter()
+    recording = run_backend(target, backend, counted(), device=device, total=len(x),
+                            on_progress=on_progress, membrane=decoder in MEMBRANE_DECODERS)
+    wall = time.perf_counter() - started
+    predictions = recording_predictions(recording, decoder)
     events = np.concatenate(events_parts)
     weights, recurrent = _synapses(target, backend)
     return Evaluation(

@@ -20,6 +20,7 @@ import torch
 from snn_deploy.attack import ATTACKS, attack_names
 from snn_deploy.attack.base import BATCH, AttackContext, AttackSettings, FrozenEncoder
 from snn_deploy.attack.sources import make_source
+from snn_deploy.coding import encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.accuracy import DEPLOYED_BACKENDS, _synapses, run_backend
@@ -119,7 +120,7 @@ class Evaluator:
         self.encoding = str(coding.get("encoding", "rate"))
         self.steps = int(coding.get("steps", 32))
         x, y = split.part("test")
-        if x.shape[1] != self.dep.input_size:
+        if encoded_width(self.encoding, x.shape[1]) != self.dep.input_size:
             raise UserError(f"{target.path} takes {self.dep.input_size} inputs, but {split.name}"
                             f" samples have {x.shape[1]}")
         if limit is not None:

@@ -138,13 +138,20 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
     syn_keep = _uniform(spec.syn_keep, "the synaptic time constant", layer)
     mem_gain = _uniform(spec.mem_gain, "the membrane time constant", layer)
     theta = _uniform(spec.v_threshold, "v_threshold", layer)
-    if np.any(spec.v_reset != 0):
-        raise QuantizationError(
-            f"layer {layer.neuron!r}: v_reset = {spec.v_reset.max():.6g}, but a Loihi 2 LIF"
-            " resets v to 0"
+    # A Loihi 2 LIF resets v to 0: run the layer in v' = v - v_reset, which moves the threshold
+    # and the leak target by -v_reset and is exact except that v' starts at 0, not -v_reset.
+    v_reset = _uniform(spec.v_reset, "v_reset", layer)
+    if v_reset != 0:
+        warnings.warn(
+            f"layer {layer.neuron!r}: v_reset = {v_reset:.6g}, but a Loihi 2 LIF resets to 0; the"
+            f" layer runs shifted by -v_reset (threshold {theta:.6g} -> {theta - v_reset:.6g}),"
+            f" exact after the first spike, but v starts {-v_reset:.6g} away from NIR's v = 0",
+            stacklevel=2,
         )
+        theta = theta - v_reset
     if theta <= 0:
-        raise QuantizationError(f"layer {layer.neuron!r}: v_threshold {theta} must be > 0")
+        raise QuantizationError(f"layer {layer.neuron!r}: v_threshold - v_reset = {theta:.6g}"
+                                " must be > 0 (v would spike at rest)")
     unity = profile.decay_unity
     du = int(np.clip(round(unity * (1.0 - syn_keep)) - profile.du_offset, 0, unity - 1))
     dv = int(np.clip(round(unity * mem_gain) - profile.dv_offset, 0, unity)) if spec.leak else 0
@@ -155,7 +162,7 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
     bias_in = layer.bias if layer.recurrent_bias is None else layer.bias + layer.recurrent_bias
     bias_v = gain * bias_in / max(1.0 - syn_keep, 1e-12)
     if spec.leak:
-        bias_v = bias_v + mem_gain * spec.v_leak
+        bias_v = bias_v + mem_gain * (spec.v_leak - v_reset)
     if syn_keep > 0 and np.any(bias_in != 0):
         warnings.warn(
             f"layer {layer.neuron!r}: the Affine bias enters the synaptic current in NIR but the"

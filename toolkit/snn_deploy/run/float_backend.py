@@ -42,6 +42,7 @@ class LayerParams:
     v_reset: torch.Tensor
     rec: torch.Tensor | None  # (n, n) recurrent weights
     rec_b: torch.Tensor | None
+    subtract: bool = False  # reset by subtracting v_threshold instead of setting v_reset
 
     @classmethod
     def of(cls, layer: FloatLayer) -> LayerParams:
@@ -51,7 +52,7 @@ class LayerParams:
         return cls(w=_t(layer.weight), b=_t(layer.bias), syn_keep=_t(s.syn_keep),
                    gain=_t(s.mem_gain), leak=s.leak, r=_t(s.r), w_in=_t(s.w_in),
                    v_leak=_t(s.v_leak), v_threshold=_t(s.v_threshold), v_reset=_t(s.v_reset),
-                   rec=rec, rec_b=rec_b)
+                   rec=rec, rec_b=rec_b, subtract=s.reset == "subtract")
 
 
 def heaviside(v: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,8 @@ def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor
     else:
         v = v + p.r * i
     z = spike(v, p.v_threshold)
+    if p.subtract:
+        return z, i, v - z.detach() * p.v_threshold
     return z, i, torch.where(z.detach() > 0, p.v_reset.expand_as(v), v)
 
 

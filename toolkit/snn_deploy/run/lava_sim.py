@@ -223,3 +223,31 @@ def to_recording(dep: Deployment, recorded: list[np.ndarray], *, steps: int, bat
         layer_names=tuple(layer.neuron for layer in dep.layers),
         counts=tuple(s.sum(axis=1).astype(np.int64) for s in per_step),
     )
+
+
+def run_lava_sim_membrane(dep: Deployment, x: np.ndarray, *,
+                          on_progress: Callable[[int, int], None] | None = None) -> Recording:
+    """``run_lava_sim`` that also records the output LIF's u and v every step (a ``StateRecorder``,
+    run/lava_probes/state.py) and returns the Recording with its pre-reset ``membrane``
+    (run/membrane.py), for the max-membrane decoder."""
+    from snn_deploy.run.lava_probes.state import StateRecorder, create_state_file
+    from snn_deploy.run.membrane import lava_membrane
+
+    steps, batch = x.shape[0], x.shape[1]
+    if steps < 1 or batch < 1:
+        raise UserError(f"nothing to run: {steps} steps x {batch} samples")
+    data = input_to_lava(dep, x)
+    with tempfile.TemporaryDirectory(prefix="snn-deploy-lava-") as tmp:
+        graph = build_graph(dep, data, steps=steps, record_dir=Path(tmp))
+        size = dep.layers[-1].size
+        paths = [Path(tmp) / "output_u.npy", Path(tmp) / "output_v.npy"]
+        for path in paths:
+            create_state_file(path, steps=graph.total_steps, width=size)
+        probe = StateRecorder(shape=(size,), u_path=str(paths[0]), v_path=str(paths[1]))
+        probe.u_ref.connect_var(graph.lifs[-1].u)
+        probe.v_ref.connect_var(graph.lifs[-1].v)
+        recorded = execute(graph, on_progress=on_progress)
+        u, v = (np.load(path) for path in paths)
+    membrane = lava_membrane(dep, u, v, steps=steps, batch=batch)
+    return dataclasses.replace(to_recording(dep, recorded, steps=steps, batch=batch),
+                               membrane=membrane)

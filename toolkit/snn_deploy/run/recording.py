@@ -52,12 +52,16 @@ class Recording:
         layer_names: neuron node id of each layer, input side first.
         counts: per layer, (B, n) int64 spike counts over the T steps of each sample.
         on_chip: what the chip's profiler measured (loihi2 backend only), else None.
+        membrane: (T, B, C) float64 output-layer membrane potential before the threshold test and
+            reset, in units of the threshold, when it was asked for (the max-membrane decoder,
+            run/membrane.py), else None.
     """
 
     output: np.ndarray
     layer_names: tuple[str, ...]
     counts: tuple[np.ndarray, ...]
     on_chip: OnChipMeasurement | None = None
+    membrane: np.ndarray | None = None
 
     @property
     def batch(self) -> int:

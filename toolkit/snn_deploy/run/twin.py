@@ -141,9 +141,12 @@ def surrogate_spike(x: torch.Tensor, shape: str, width: float) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class TwinOutput:
-    """Per layer spikes (T, B, n), float64 0/1 carrying surrogate gradients; ``output`` is the last."""
+    """Per layer spikes (T, B, n), float64 0/1 carrying surrogate gradients; ``output`` is the last.
+    ``membrane``: the (T, B, C) output layer's v before the threshold test and reset, in units of
+    its threshold (vth << 6), differentiable (the max-membrane decoder's input)."""
 
     layers: tuple[torch.Tensor, ...]
+    membrane: torch.Tensor | None = None
 
     @property
     def output(self) -> torch.Tensor:
@@ -264,7 +267,8 @@ class EmulatorTwin(torch.nn.Module):
             carry = carries[k] if carries is not None else None
             if carry is not None:
                 z_prev = carry.to(torch.float64).detach()
-            spikes = []
+            spikes, membrane = [], []
+            last = k == len(self.dep.layers) - 1
             has_bias = bias.requires_grad or bias_peak > 0
             # per-step slices by unbind: indexing [t] would make the backward pass fill a zero
             # (T, B, n) gradient for every step
@@ -292,10 +296,12 @@ class EmulatorTwin(torch.nn.Module):
                     if wrap_v:
                         v = _ste(v, _wrap32)
                     v = _Saturate.apply(v, big - 1)
+                if last:
+                    membrane.append(v / scale)
                 z, fired = _Threshold.apply(v, theta, scale, self.surrogate, self.width)
                 v = v.masked_fill(fired, 0.0)
                 spikes.append(z)
                 z_prev = z
             s = torch.stack(spikes)
             outs.append(s)
-        return TwinOutput(layers=tuple(outs))
+        return TwinOutput(layers=tuple(outs), membrane=torch.stack(membrane))

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from snn_deploy.data import Split
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.train.adversarial import pgd_linf, trades_adversary, trades_loss
-from snn_deploy.train.model import checkpoint_kind, read_checkpoint, write_checkpoint
+from snn_deploy.train.model import (checkpoint_kind, load_weights, read_checkpoint,
+                                    write_checkpoint)
 
 ANN_KIND = "ann"
 # Identities in evaluation: they neither end a layer of neurons nor become a NIR node.
@@ -261,13 +262,10 @@ def ann_from_payload(payload: dict, path: Path) -> AnnNetwork:
     if kind != ANN_KIND:
         raise InputFileError(f"{path} holds a model of kind {kind!r}, not an ANN")
     try:
-        model = AnnNetwork(AnnConfig.from_dict(payload["config"]))
+        config = AnnConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ValueError, UserError) as exc:
         raise InputFileError(f"{path}: the ANN config is unusable: {exc}") from None
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise InputFileError(f"{path}: weights do not match the config: {exc}") from None
+    model = load_weights(lambda: AnnNetwork(config), payload.get("state_dict"), path)
     model.eval()
     return model
 

@@ -27,14 +27,18 @@ from snn_deploy.coding import encode
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.train.decoding import decoder_logits, decoder_predict
+from snn_deploy.train.init import wake_silent_layers
 from snn_deploy.train.model import LIFNetwork, ModelConfig
 from snn_deploy.train.perturbed import ADVERSARIES, adversarial_values, gaussian_values
 from snn_deploy.train.rules import RULES, RuleLoss, fixed_feedback
 from snn_deploy.train.stability import perturbation_loss
 
 # Training losses and the output decoder each one trains for (the checkpoint's "decoder").
-LOSSES: dict[str, str] = {"count": "spike_count", "first_spike": "first_spike"}
+LOSSES: dict[str, str] = {"count": "spike_count", "first_spike": "first_spike",
+                          "max_membrane": "max_membrane"}
 FEEDBACK_SEED_OFFSET = 7_919  # decolle readouts / eprop feedback: drawn from seed + this offset
+INITS = ("auto", "default")  # auto: wake silent hidden layers (train.init); default: PyTorch's
+INIT_SAMPLES = 256  # training samples the auto initialisation looks at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +48,8 @@ class TrainOptions:
     rule: a key of ``train.rules.RULES``; loss: a key of ``LOSSES``; decoder_beta: first-spike
     logits scale (1 / step); noise_sigma: Gaussian noise on input values; adversarial: "none",
     "fgsm" or "pgd" with radius eps (input units) and attack_steps (PGD); kappa: weight of the
-    clean loss when there is a perturbed pass; perturbation_weight: alpha of mean(Y^2).
+    clean loss when there is a perturbed pass; perturbation_weight: alpha of mean(Y^2);
+    init: a key of ``INITS``.
     """
 
     rule: str = "bptt"
@@ -56,6 +61,7 @@ class TrainOptions:
     attack_steps: int = 7
     kappa: float = 0.5
     perturbation_weight: float = 0.0
+    init: str = "auto"
 
     @property
     def decoder(self) -> str:
@@ -71,6 +77,8 @@ class TrainOptions:
             raise UserError(f"unknown rule {self.rule!r}: choose from {', '.join(RULES)}")
         if self.loss not in LOSSES:
             raise UserError(f"unknown loss {self.loss!r}: choose from {', '.join(LOSSES)}")
+        if self.init not in INITS:
+            raise UserError(f"unknown init {self.init!r}: choose from {', '.join(INITS)}")
         if self.adversarial not in ADVERSARIES:
             raise UserError(f"unknown adversarial training {self.adversarial!r}: choose from"
                             f" {', '.join(ADVERSARIES)}")
@@ -112,6 +120,7 @@ class TrainResult:
     history: tuple[EpochStats, ...]
     test_accuracy: float
     options: TrainOptions = TrainOptions()
+    init_gains: tuple[float, ...] = ()  # per hidden layer, the auto initialisation's weight gain
 
 
 def _batch_seed(seed: int, epoch: int, batch: int) -> int:
@@ -129,9 +138,15 @@ def model_accuracy(model: LIFNetwork, x: torch.Tensor, y: torch.Tensor, *, seed:
         for start in range(0, len(x), batch_size):
             xb = encode(x[start:start + batch_size], encoding=cfg.encoding, steps=cfg.steps,
                         seed=seed + start)
-            pred = decoder_predict(model(xb), decoder=cfg.decoder)
+            trace = model.trace(xb)
+            pred = decoder_predict(trace.output, decoder=cfg.decoder, membrane=trace.membrane)
             correct += int((pred == y[start:start + batch_size]).sum())
     return correct / max(len(x), 1)
+
+
+def _logits(model: LIFNetwork, s: torch.Tensor, *, decoder: str, beta: float) -> torch.Tensor:
+    trace = model.trace(s)
+    return decoder_logits(trace.output, decoder=decoder, beta=beta, membrane=trace.membrane)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +175,7 @@ def batch_loss(model: LIFNetwork, x: torch.Tensor, y: torch.Tensor, *, options: 
         x_pert = gaussian_values(x, sigma=options.noise_sigma, generator=gen)
     else:
         x_pert = adversarial_values(
-            lambda s: decoder_logits(model(s), decoder=cfg.decoder, beta=cfg.decoder_beta),
+            lambda s: _logits(model, s, decoder=cfg.decoder, beta=cfg.decoder_beta),
             x, y, kind=options.adversarial, eps=options.eps, steps=options.attack_steps,
             encoding=cfg.encoding, time_steps=cfg.steps, seed=seed, generator=gen)
     pert = run(x_pert)
@@ -184,8 +199,12 @@ def train_snn(config: ModelConfig, split: Split, *, epochs: int, seed: int, lr: 
     torch.manual_seed(seed)
     model = LIFNetwork(config)
     feedback = fixed_feedback(model, seed=seed + FEEDBACK_SEED_OFFSET)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     x_train, y_train = split.part("train")
+    gains: tuple[float, ...] = ()
+    if options.init == "auto":
+        gains = wake_silent_layers(model, encode(x_train[:INIT_SAMPLES], encoding=config.encoding,
+                                                 steps=config.steps, seed=seed))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(epochs):
@@ -200,7 +219,8 @@ def train_snn(config: ModelConfig, split: Split, *, epochs: int, seed: int, lr: 
             step.loss.backward()
             opt.step()
             total_loss += float(step.clean.task) * len(idx)
-            pred = decoder_predict(step.clean.trace.output, decoder=config.decoder)
+            pred = decoder_predict(step.clean.trace.output, decoder=config.decoder,
+                                   membrane=step.clean.trace.membrane)
             correct += int((pred == y_train[idx]).sum())
             ms_sum += step.perturbation_ms or 0.0
             batches += 1
@@ -212,5 +232,5 @@ def train_snn(config: ModelConfig, split: Split, *, epochs: int, seed: int, lr: 
             on_epoch(stats)
     model.eval()
     x_test, y_test = split.part("test")
-    return TrainResult(model=model, history=tuple(history), options=options,
+    return TrainResult(model=model, history=tuple(history), options=options, init_gains=gains,
                        test_accuracy=model_accuracy(model, x_test, y_test, seed=seed))

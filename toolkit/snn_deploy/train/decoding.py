@@ -10,6 +10,12 @@ first_spike  logits = -beta * t_first, with the soft first-spike time (Ding et a
              gradients: d t_first / d z_t = t - t_first for t before the first spike (an earlier
              spike lowers t_first), 0 after it. Prediction: the earliest first spike; ties go to
              the lowest class index (the argmax of the logits).
+max_membrane logits = beta * max_t m_t, m_t the output layer's membrane potential at step t in
+             units of its threshold (v_t / v_th), taken *before* the threshold test and reset: the
+             value the threshold sees. The output layer keeps its threshold and reset (it is the
+             same LIF layer on every backend, so Lava runs it unchanged); its spikes are ignored by
+             this decoder. Ties go to the lowest class index. Backends provide m (Recording.membrane,
+             run.twin.TwinOutput.membrane, train.model.Trace.membrane).
 
 Keys of ``DECODERS`` are the values of the coding's "decoder" entry (``ModelConfig.decoder``, the NIR
 metadata and the Deployment's coding).
@@ -44,19 +50,36 @@ def count_logits(spikes: torch.Tensor, *, beta: float) -> torch.Tensor:
     return spike_count(spikes)
 
 
+def max_membrane_logits(membrane: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """(T, B, C) membrane potentials (units of the threshold) -> (B, C) logits beta * max_t m_t."""
+    return beta * membrane.max(dim=0).values
+
+
 Decoder = Callable[..., torch.Tensor]
 
 DECODERS: dict[str, Decoder] = {
     "spike_count": count_logits,
     "first_spike": first_spike_logits,
+    "max_membrane": max_membrane_logits,
 }
+# Decoders that read the output layer's membrane potential instead of its spikes.
+MEMBRANE_DECODERS = frozenset({"max_membrane"})
 
 
-def decoder_logits(spikes: torch.Tensor, *, decoder: str, beta: float) -> torch.Tensor:
-    """(T, B, C) output spikes -> (B, C) logits of the named decoder (a key of ``DECODERS``)."""
+def decoder_logits(spikes: torch.Tensor, *, decoder: str, beta: float,
+                   membrane: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, B, C) output spikes (or, for a membrane decoder, the (T, B, C) ``membrane``) -> (B, C)
+    logits of the named decoder (a key of ``DECODERS``)."""
+    if decoder in MEMBRANE_DECODERS:
+        if membrane is None:
+            raise ValueError(f"the {decoder} decoder needs the output layer's membrane potential")
+        return DECODERS[decoder](membrane, beta=beta)
     return DECODERS[decoder](spikes, beta=beta)
 
 
-def decoder_predict(spikes: torch.Tensor, *, decoder: str) -> torch.Tensor:
-    """(T, B, C) output spikes -> (B,) int64 classes of the named decoder (ties: lowest index)."""
-    return decoder_logits(spikes.detach(), decoder=decoder, beta=1.0).argmax(dim=1)
+def decoder_predict(spikes: torch.Tensor, *, decoder: str,
+                    membrane: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, B, C) output spikes (and membrane) -> (B,) int64 classes of the named decoder (ties:
+    lowest index)."""
+    m = None if membrane is None else membrane.detach()
+    return decoder_logits(spikes.detach(), decoder=decoder, beta=1.0, membrane=m).argmax(dim=1)

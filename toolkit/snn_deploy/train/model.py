@@ -18,13 +18,16 @@ tensors and primitives, loadable with ``torch.load(path, weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import norse.torch as norse
 import torch
 from norse.torch.functional.threshold import threshold
 
-from snn_deploy.errors import InputFileError
+from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.train.decoding import DECODERS
 
 CHECKPOINT_FORMAT = "snn-deploy-checkpoint"
@@ -65,20 +68,51 @@ class ModelConfig:
         if unknown:
             raise InputFileError(f"checkpoint config has unknown keys: {sorted(unknown)}")
         d = dict(d)
-        d["hidden"] = tuple(int(h) for h in d.get("hidden", ()))
+        hidden = d.get("hidden", ())
+        if not isinstance(hidden, (list, tuple)) or not all(_is(h, "int") for h in hidden):
+            raise InputFileError(f"checkpoint config: hidden must be a list of sizes, got {hidden!r}")
+        d["hidden"] = tuple(hidden)
         if d.get("decoder", "spike_count") not in DECODERS:
             raise InputFileError(f"checkpoint config names decoder {d['decoder']!r}: known are"
                                  f" {', '.join(DECODERS)}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d
+                   and f.default is dataclasses.MISSING]
+        if missing:
+            raise InputFileError(f"checkpoint config lacks {', '.join(missing)}")
+        for f in dataclasses.fields(cls):  # the annotations are strings: "int", "float", ...
+            value = d.get(f.name, f.default)
+            if f.type in ("int", "float", "str", "bool") and not _is(value, f.type):
+                raise InputFileError(f"checkpoint config: {f.name} must be {f.type}, got {value!r}")
+        bad = [f"{name} = {d[name]!r}" for name in ("input_size", "output_size", "steps", "dt",
+                                                    "tau_syn", "tau_mem") if name in d and d[name] <= 0]
+        if any(h < 1 for h in hidden):
+            bad.append(f"hidden = {list(hidden)}")
+        if bad:
+            raise InputFileError(f"checkpoint config: {', '.join(bad)} must be > 0")
         return cls(**d)
+
+
+def _is(value: object, kind: str) -> bool:
+    """``value`` is of the config field type ``kind``: bool only for "bool", finite floats only."""
+    if kind == "bool" or isinstance(value, bool):
+        return kind == "bool" and isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int)
+    if kind == "float":
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, str)
 
 
 @dataclasses.dataclass(frozen=True)
 class LIFState:
-    """One layer's state: synaptic current i (after this step's input), membrane v, spikes z."""
+    """One layer's state: synaptic current i (after this step's input), membrane v, spikes z;
+    ``v_pre`` is this step's membrane before the threshold test and reset (what the threshold saw).
+    """
 
     i: torch.Tensor
     v: torch.Tensor
     z: torch.Tensor
+    v_pre: torch.Tensor | None = None
 
 
 def lif_step(current_in: torch.Tensor, state: LIFState, p: norse.LIFParameters, dt: float, *,
@@ -105,16 +139,19 @@ def lif_step(current_in: torch.Tensor, state: LIFState, p: norse.LIFParameters, 
     z = threshold(v_decayed - p.v_th, p.method, p.alpha)
     r = z.detach() if detach_reset else z
     v_new = (1 - r) * v_decayed + r * p.v_reset
-    return LIFState(i=i_decayed, v=v_new, z=z), i_new
+    return LIFState(i=i_decayed, v=v_new, z=z, v_pre=v_decayed), i_new
 
 
 @dataclasses.dataclass(frozen=True)
 class Trace:
     """A run of the network on (T, B, n_in) input: per layer, (T, B, n) spikes and the (T, B, n)
-    synaptic current I_t that drove the membrane (``lif_step``'s second result)."""
+    synaptic current I_t that drove the membrane (``lif_step``'s second result); ``membrane``:
+    the (T, B, C) output layer's membrane before threshold and reset, in units of v_th (the
+    max-membrane decoder's input)."""
 
     spikes: tuple[torch.Tensor, ...]
     currents: tuple[torch.Tensor, ...]
+    membrane: torch.Tensor | None = None
 
     @property
     def output(self) -> torch.Tensor:
@@ -181,7 +218,7 @@ class LIFNetwork(torch.nn.Module):
             drive = syn(z_in)  # (T, B, n): the feed-forward input of every step at once
             zeros = torch.zeros_like(drive[0])
             state = LIFState(i=zeros, v=zeros, z=zeros)
-            zs, cs = [], []
+            zs, cs, vs = [], [], []
             for d_t in drive:
                 if rec is not None:
                     z_prev = state.z.detach() if cuts.recurrent else state.z
@@ -189,10 +226,12 @@ class LIFNetwork(torch.nn.Module):
                 state, i_t = lif_step(d_t, state, cell.p, cell.dt, detach_reset=cuts.reset)
                 zs.append(state.z)
                 cs.append(i_t)
+                vs.append(state.v_pre)
             z_in = torch.stack(zs)
             spikes.append(z_in)
             currents.append(torch.stack(cs))
-        return Trace(spikes=tuple(spikes), currents=tuple(currents))
+        membrane = torch.stack(vs) / cell.p.v_th  # the output layer's, in units of its threshold
+        return Trace(spikes=tuple(spikes), currents=tuple(currents), membrane=membrane)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(T, B, n_in) input -> (T, B, n_out) output spikes."""
@@ -229,7 +268,10 @@ def read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise InputFileError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        _check_archive(path)
+        # mmap: torch 2.3 trusts a tensor's declared size when it copies a record
+        # (get_storage_from_record); a mapped file bounds it (tests/test_fuzz_checkpoint.py)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for corrupt or pickled-object files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputFileError(f"{path} is not a readable snn-deploy checkpoint: {first}") from None
@@ -241,6 +283,51 @@ def read_checkpoint(path: Path) -> dict:
             f" (this snn-deploy reads version {CHECKPOINT_VERSION})"
         )
     return payload
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip of uncompressed records: refuse anything else before torch reads it
+    (a record inflating past the file's own size is a zip bomb)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch's own test for its format, before the legacy one
+            raise ValueError("not a torch zip archive")
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.file_size > size:
+                raise ValueError(f"record {info.filename} claims {info.file_size} bytes, more than"
+                                 f" the file's {size}")
+
+
+def load_weights(make: Callable[[], torch.nn.Module], state: object, path: Path) -> torch.nn.Module:
+    """``make()`` (a model built from a checkpoint config) loaded with the checkpoint's tensors
+    ``state``, after checking them against the model as built on the meta device (so a config that
+    declares absurd sizes allocates nothing): the same names and shapes, real floating point,
+    finite."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputFileError(f"{path}: the checkpoint's state_dict is not a dict of tensors")
+    try:
+        with torch.device("meta"):
+            wanted = {k: tuple(v.shape) for k, v in make().state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, ArithmeticError, UserError) as exc:
+        raise InputFileError(f"{path}: the checkpoint config is unusable: {exc}") from None
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    for key in sorted(set(got) | set(wanted), key=str):
+        if got.get(key) != wanted.get(key):
+            raise InputFileError(f"{path}: weights do not match the config: {key} is"
+                                 f" {got.get(key, 'missing')}, the config needs"
+                                 f" {wanted.get(key, 'no such tensor')}")
+    claimed = sum(v.numel() * v.element_size() for v in state.values())
+    if claimed > path.stat().st_size:  # views sharing one record or expanded (stride 0) tensors
+        raise InputFileError(f"{path}: the weights claim {claimed} bytes, more than the file holds")
+    for key, value in state.items():
+        if not value.is_floating_point():
+            raise InputFileError(f"{path}: weight {key} has dtype {value.dtype}, not floating point")
+        if not torch.isfinite(value).all():
+            raise InputFileError(f"{path}: weight {key} holds NaN or Inf")
+    model = make()
+    model.load_state_dict(state)
+    return model
 
 
 def checkpoint_kind(payload: dict) -> str:
@@ -256,12 +343,11 @@ def lif_from_payload(payload: dict, path: Path) -> LIFNetwork:
             raise InputFileError(f"{path} holds an ANN, not a LIF network: turn it into a NIR"
                                  " graph with `snn-deploy convert`")
         raise InputFileError(f"{path} holds a model of kind {kind!r}, not a LIF network")
-    model = LIFNetwork(ModelConfig.from_dict(payload["config"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise InputFileError(f"{path}: weights do not match the config: {exc}") from None
-    return model
+    config = payload.get("config")
+    if not isinstance(config, dict):
+        raise InputFileError(f"{path}: the checkpoint has no config")
+    config = ModelConfig.from_dict(config)
+    return load_weights(lambda: LIFNetwork(config), payload.get("state_dict"), path)
 
 
 def load_checkpoint(path: Path) -> LIFNetwork:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from snn_deploy.coding import encode
+from snn_deploy.coding import encode, fold_channels
 from snn_deploy.train.adversarial import fgsm_linf, pgd_linf
 
 ADVERSARIES = ("none", "fgsm", "pgd")
@@ -24,17 +24,19 @@ ADVERSARIES = ("none", "fgsm", "pgd")
 class _StraightThroughEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, encoding: str, steps: int, seed: int) -> torch.Tensor:
+        ctx.encoding = encoding
         return encode(x.detach(), encoding=encoding, steps=steps, seed=seed)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad.sum(dim=0), None, None, None
+        return fold_channels(grad.sum(dim=0), encoding=ctx.encoding), None, None, None
 
 
 def encode_straight_through(x: torch.Tensor, *, encoding: str, steps: int,
                             seed: int) -> torch.Tensor:
-    """``coding.encode`` (exactly the same (T, B, n) float32 values) with the gradient
-    sum_t dL/dz_t with respect to the (B, n) values x."""
+    """``coding.encode`` (exactly the same (T, B, k n) float32 values) with the gradient
+    sum_t dL/dz_t with respect to the (B, n) values x (summed over the k stacked channels of fusion
+    coding)."""
     return _StraightThroughEncode.apply(x, encoding, steps, seed)
 
 

@@ -13,7 +13,8 @@ decolle  DECOLLE-style layer-local losses (Kaiser, Mostafa, Neftci, "Synaptic Pl
 eprop    e-prop with random feedback (Bellec et al., "A solution to the learning dilemma for
          recurrent networks of spiking neurons", Nat. Commun. 11:3625, 2020): hidden layer l gets
          the learning signal L^t = B_l^T dE/dz_out^t, the output layer's error at step t sent back
-         through a fixed random B_l (C x n_l); the output layer learns from E itself.
+         through a fixed random B_l (C x n_l); the output layer learns from E itself. Under the
+         max-membrane decoder the error is dE/dm_out^t (the output membrane, not its spikes).
 
 What is local in decolle and eprop (``model.GradientCuts`` with every cut):
 - in space: each layer receives the previous layer's spikes detached, so no gradient crosses a
@@ -35,7 +36,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from snn_deploy.train.decoding import decoder_logits
+from snn_deploy.train.decoding import MEMBRANE_DECODERS, decoder_logits
 from snn_deploy.train.model import GradientCuts, LIFNetwork, Trace
 
 LOCAL_CUTS = GradientCuts(between_layers=True, reset=True, recurrent=True)
@@ -66,7 +67,8 @@ def fixed_feedback(model: LIFNetwork, *, seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def _task(trace: Trace, y: torch.Tensor, *, decoder: str, beta: float) -> torch.Tensor:
-    return F.cross_entropy(decoder_logits(trace.output, decoder=decoder, beta=beta), y)
+    return F.cross_entropy(decoder_logits(trace.output, decoder=decoder, beta=beta,
+                                          membrane=trace.membrane), y)
 
 
 def bptt_loss(model: LIFNetwork, x: torch.Tensor, y: torch.Tensor, *, decoder: str, beta: float,
@@ -94,7 +96,9 @@ def eprop_loss(model: LIFNetwork, x: torch.Tensor, y: torch.Tensor, *, decoder: 
     if not trace.output.requires_grad:  # under no_grad there is no error to send back
         signals: tuple[torch.Tensor, ...] = tuple(torch.zeros(()) for _ in feedback)
     else:
-        (error,) = torch.autograd.grad(task, trace.output, retain_graph=True)  # (T, B, C)
+        # the output's error at every step: dE/dz_out, or dE/dm_out for a membrane decoder
+        read = trace.membrane if decoder in MEMBRANE_DECODERS else trace.output
+        (error,) = torch.autograd.grad(task, read, retain_graph=True)  # (T, B, C)
         # sum_t,j z_j^t L_j^t with L detached: its gradient with respect to z^t is L^t
         signals = tuple((z * (error @ b)).sum() for z, b in zip(trace.spikes, feedback))
     return RuleLoss(total=task + sum(signals), task=task, trace=trace,
