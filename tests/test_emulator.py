@@ -7,6 +7,7 @@ global step b*T + l + k.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from snn_deploy.quantize.deployment import (
     QuantLayer,
     RecurrentSynapse,
 )
-from snn_deploy.run.emulator import run_emulator, run_layers
-from snn_deploy.run.lava_sim import build_graph, execute, input_to_lava, run_lava_sim
+from snn_deploy.run.emulator import KERNELS, run_emulator, run_layers
+from snn_deploy.run.lava_sim import build_graph, execute, input_to_lava, run_lava_sim, to_recording
 from snn_deploy.targets import load_target
 
 pytestmark = pytest.mark.slow
@@ -59,25 +60,30 @@ def lava_states(dep: Deployment, x: np.ndarray):
 
 
 def assert_equal_to_lava(dep: Deployment, x: np.ndarray) -> int:
-    """Compare every layer's spikes, u and v at every step of every sample; returns #spikes."""
+    """Compare every layer's spikes, u and v at every step of every sample, for both step loops
+    (the numba kernel and torch's), with one Lava run; returns #spikes."""
     steps, batch = x.shape[0], x.shape[1]
-    traces = run_layers(dep, torch.from_numpy(x), record_state=True)
     lava = lava_states(dep, x)
     total_spikes = 0
-    for depth, (trace, (l_s, l_u, l_v)) in enumerate(zip(traces, lava), start=1):
-        window = slice(depth, depth + batch * steps)
+    for kernel in KERNELS:
+        traces = run_layers(dep, torch.from_numpy(x), record_state=True, kernel=kernel)
+        for depth, (trace, (l_s, l_u, l_v)) in enumerate(zip(traces, lava), start=1):
+            window = slice(depth, depth + batch * steps)
 
-        def local(a: np.ndarray) -> np.ndarray:  # (total, n) -> (T, B, n)
-            return a[window].reshape(batch, steps, -1).transpose(1, 0, 2)
+            def local(a: np.ndarray) -> np.ndarray:  # (total, n) -> (T, B, n)
+                return a[window].reshape(batch, steps, -1).transpose(1, 0, 2)
 
-        for name, ours, theirs in (("spikes", trace.spikes.to(torch.int64).numpy(), local(l_s)),
-                                   ("u", trace.u.numpy(), local(l_u)),
-                                   ("v", trace.v.numpy(), local(l_v))):
-            bad = np.argwhere(ours != theirs)
-            assert len(bad) == 0, (
-                f"layer {depth} {name}: {len(bad)} mismatches, first (t, b, n) {bad[:3].tolist()}:"
-                f" emulator {ours[tuple(bad[0])]} vs Lava {theirs[tuple(bad[0])]}")
-        total_spikes += int(trace.spikes.sum())
+            for name, ours, theirs in (
+                    ("spikes", trace.spikes.to(torch.int64).numpy(), local(l_s)),
+                    ("u", trace.u.numpy(), local(l_u)), ("v", trace.v.numpy(), local(l_v))):
+                bad = np.argwhere(ours != theirs)
+                assert len(bad) == 0, (
+                    f"{kernel} layer {depth} {name}: {len(bad)} mismatches, first (t, b, n)"
+                    f" {bad[:3].tolist()}: emulator {ours[tuple(bad[0])]} vs Lava"
+                    f" {theirs[tuple(bad[0])]}")
+            np.testing.assert_array_equal(trace.spike_counts().numpy(),
+                                          trace.spikes.sum(0).numpy())
+        total_spikes = sum(int(t.spikes.sum()) for t in traces)
     return total_spikes
 
 
@@ -209,9 +215,10 @@ def _recurrent_deployment(rng) -> Deployment:
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
-def test_recurrent_preroll_with_short_samples_matches_lava(steps):
+def test_recurrent_layers_start_from_rest_with_short_samples_on_lava(steps):
     """With T <= depth, LIFReset also fires before a layer's first window (found by hypothesis):
-    here the last layer's bias alone reaches threshold on its second step without a reset."""
+    here the last layer's bias alone reaches threshold before its first window, and those spikes
+    must not reach sample 0 through the recurrent synapse."""
     def layer(name, n_in, n, *, bias=0, vth=1000, rec=None):
         return QuantLayer(
             synapse=name, neuron=name.upper(), weights=np.zeros((n, n_in), np.int32), weight_exp=0,
@@ -228,19 +235,25 @@ def test_recurrent_preroll_with_short_samples_matches_lava(steps):
     assert_equal_to_lava(dep, x)
 
 
-def test_recurrent_carry_from_sample_to_sample_matches_lava():
-    """A recurrent layer receives the previous sample's last-step spikes at its reset step (and,
-    for sample 0, the spikes its bias caused before its first window): the emulator follows."""
+def test_recurrent_samples_start_from_rest_on_lava():
+    """Samples whose last step spikes are followed by others: Lava (its recurrent buffers emptied
+    between samples) and the emulator agree state for state, and equal one run per sample."""
     rng = np.random.default_rng(11)
     dep = _recurrent_deployment(rng)
     x = (rng.random((5, 6, 4)) < 0.5).astype(np.float32)
     assert assert_equal_to_lava(dep, x) > 10
     traces = run_layers(dep, torch.from_numpy(x))
-    assert traces[0].carry_in[0].any(), "the bias should make the pre-window spike"
-    assert traces[0].carry_in[1:].any(), "some sample should carry spikes into the next"
-    # the batched emulator agrees with a sample-by-sample one that passes the carry along
-    from snn_deploy.run.emulator import Emulator
-
-    emulator = Emulator(dep)
-    one_by_one = np.concatenate([emulator.run(x[:, b:b + 1]).output for b in range(6)], axis=1)
-    np.testing.assert_array_equal(one_by_one, traces[-1].spikes.numpy().astype(np.uint8))
+    assert traces[0].spikes[-1, :-1].any(), "some sample should end on a spike"
+    assert traces[0].spikes[:, :, 4:].any(), "the bias should drive the last neurons"
+    lava = run_lava_sim(dep, x)
+    one_by_one = np.concatenate([run_lava_sim(dep, x[:, b:b + 1]).output for b in range(6)],
+                                axis=1)
+    np.testing.assert_array_equal(lava.output, one_by_one)
+    np.testing.assert_array_equal(traces[-1].spikes.numpy().astype(np.uint8), one_by_one)
+    # without the pauses, Lava carries each sample's last spikes into the next one
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = build_graph(dep, input_to_lava(dep, x), steps=5, record_dir=Path(tmp))
+        assert graph.loops and graph.pauses()
+        carried = to_recording(dep, execute(dataclasses.replace(graph, loops=())), steps=5,
+                               batch=6)
+    assert not np.array_equal(carried.output, one_by_one)

@@ -13,9 +13,11 @@ It reproduces, operation for operation, ``PyDenseModelBitAcc`` (lava/proc/dense/
 
 including int32 wrap-around where Lava's numpy arrays are int32. Time is per layer *local*: the
 Dense delay shifts layer l by l steps on Lava, and the lava-sim backend resets every layer at its
-own first step of each sample (run/lava_sim.py), so in local time every sample starts from zero
-state and layer l at step k sees layer l-1's spikes of step k. tests/test_emulator.py proves
-equality with Lava spike for spike and state for state.
+own first step of each sample and empties recurrent synapses there (run/lava_sim.py), so in local
+time every sample starts from zero state and layer l at step k sees layer l-1's spikes of step k.
+The synaptic sums are torch matmuls (BLAS in float32/float64 where exact); the step loop runs in
+the numba kernel of run/kernel.py on CPU and in torch (``lif_step``) on other devices.
+tests/test_emulator.py proves both equal to Lava spike for spike and state for state.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from snn_deploy.run import kernel as cpu_kernel
+
 from snn_deploy.errors import UserError
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
@@ -35,6 +39,7 @@ from snn_deploy.run.recording import Recording
 _INT32 = float(1 << 32)
 _INT31 = float(1 << 31)
 CHUNK = 256  # samples per pass and thread: keeps each step's tensors in cache
+KERNELS = ("numba", "torch")  # the step loop: run/kernel.py (CPU only) or lif_step in torch
 
 
 class Workspace:
@@ -126,6 +131,9 @@ class LayerConstants:
     bias: torch.Tensor  # (n,) float64, bias_mant << bias_exp as Lava computes it
     vth: float  # vth << 6
     size: int
+    # the recurrent weights on Lava's grid for run/kernel.py, float64, transposed (row j: what
+    # neuron j's spike adds)
+    rec_wt: np.ndarray | None = None
 
     @classmethod
     def of(cls, layer: QuantLayer, dep: Deployment, device: torch.device,
@@ -134,14 +142,14 @@ class LayerConstants:
         ff = Synapses.of(lava_weights(layer, weight_bits=p.weight_bits),
                          weight_exp=layer.weight_exp, graded=layer.num_message_bits > 0,
                          profile=p, device=device, max_input=max_input)
-        rec = None
+        rec = rec_wt = None
         if layer.recurrent is not None:
             r = layer.recurrent
-            rec = Synapses.of(lava_dense_grid(r.weights, sign_mode=r.sign_mode,
-                                              num_weight_bits=r.num_weight_bits,
-                                              weight_bits=p.weight_bits),
-                              weight_exp=r.weight_exp, graded=False, profile=p, device=device,
-                              max_input=1)
+            rec_w = lava_dense_grid(r.weights, sign_mode=r.sign_mode,
+                                    num_weight_bits=r.num_weight_bits, weight_bits=p.weight_bits)
+            rec = Synapses.of(rec_w, weight_exp=r.weight_exp, graded=False, profile=p,
+                              device=device, max_input=1)
+            rec_wt = np.ascontiguousarray(rec_w.T, dtype=np.float64)
         mant = layer.bias_mant.astype(np.int64)
         exp = layer.bias_exp.astype(np.int64)
         bias = np.where(exp >= 0, mant << np.clip(exp, 0, None), mant >> np.clip(-exp, 0, None))
@@ -152,7 +160,7 @@ class LayerConstants:
             u_keep=(unity - (layer.du + p.du_offset)) / unity,
             v_keep=(unity - (layer.dv + p.dv_offset)) / unity,
             bias=torch.as_tensor(bias, dtype=torch.float64, device=device),
-            vth=float(layer.vth << p.threshold_shift), size=layer.size,
+            vth=float(layer.vth << p.threshold_shift), size=layer.size, rec_wt=rec_wt,
         )
 
 
@@ -173,18 +181,16 @@ def dense(c: Synapses, s: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class LayerTrace:
-    """A layer's spikes, and optionally its u and v, in local time: (T, B, n) each.
-
-    ``carry_in`` (B, n) is what each sample's first step received on the recurrent synapse (the
-    spikes of the step before it on Lava's timeline); ``carry_out`` (n,) is the last sample's last
-    step, the next batch's first carry. Both are None for a feed-forward layer.
-    """
+    """A layer's spikes, and optionally its u and v, in local time: (T, B, n) each; ``counts``
+    (B, n) int64 spikes per sample when the kernel counted them on the way (else None)."""
 
     spikes: torch.Tensor  # bool
     u: torch.Tensor | None  # int64
     v: torch.Tensor | None  # int64
-    carry_in: torch.Tensor | None = None
-    carry_out: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+
+    def spike_counts(self) -> torch.Tensor:
+        return self.counts if self.counts is not None else spike_counts(self.spikes)
 
 
 @dataclasses.dataclass
@@ -286,16 +292,20 @@ def drive(c: LayerConstants, s: torch.Tensor, profile: Profile, *, ws: Workspace
     return act if c.ff.int32_safe else wrap_int32(act)
 
 
-def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, carry: torch.Tensor | None = None,
-        record_state: bool = False, ws: Workspace | None = None, name: str = "spikes"
-        ) -> LayerTrace:
-    """CUBA LIF dynamics over (T, B, n) synaptic input (``drive``'s exact integers), from zero state.
+def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, record_state: bool = False,
+        ws: Workspace | None = None, name: str = "spikes", kernel: str = "torch") -> LayerTrace:
+    """CUBA LIF dynamics over (T, B, n) synaptic input (``drive``'s exact integers); every sample
+    starts from zero state and, for a recurrent layer, no spikes on its recurrent synapse.
 
-    All values are integers held exactly in float64: u * (4096 - du - 1) < 2**53, and dividing by
-    4096 then truncating equals Lava's sign(x) * (|x| >> 12). A recurrent layer's first step
-    receives ``carry`` (B, n) on its recurrent synapse (zeros if None). With a workspace the
+    ``kernel``: "numba" (run/kernel.py, CPU tensors) or "torch" (``lif_step``, any device). The
+    torch loop holds all values as exact float64 integers: u * (4096 - du - 1) < 2**53, and
+    dividing by 4096 then truncating equals Lava's sign(x) * (|x| >> 12). With a workspace the
     spikes live in its buffer ``name``, the state in shared ones.
     """
+    if kernel == "numba":
+        return _lif_numba(c, a_in, profile=profile, record_state=record_state, ws=ws, name=name)
+    if kernel != "torch":
+        raise ValueError(f"unknown kernel {kernel!r}: choose from {', '.join(KERNELS)}")
     big = float(profile.state_max)
     shift = float(1 << profile.activation_shift)
     recurrent = c.rec is not None
@@ -304,7 +314,7 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, carry: torch
     u, v = _empty(ws, "u", *state).zero_(), _empty(ws, "v", *state).zero_()
     scratch = _empty(ws, "scratch", *state)
     spikes = _empty(ws, name, tuple(a_in.shape), torch.bool, a_in.device)
-    z_prev = carry if carry is not None else torch.zeros_like(u, dtype=torch.bool)
+    z_prev = torch.zeros_like(u, dtype=torch.bool)
     us, vs = [], []
     for t in range(a_in.shape[0]):
         act_t = _recurrent_act(c, a_in[t], z_prev, shift) if recurrent else a_in[t]
@@ -319,58 +329,23 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, carry: torch
     )
 
 
-def lif_carried(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, first: torch.Tensor,
-                record_state: bool = False) -> LayerTrace:
-    """A recurrent layer over a batch of samples that follow each other on Lava's timeline.
-
-    Sample b starts with sample b-1's last-step spikes on its recurrent synapse (sample 0 with
-    ``first``). That chain is solved batch-wise by iterating to the fixed point: after pass k the
-    first k samples are exact, and a pass that changes no carry is the exact solution.
-    """
-    batch = a_in.shape[1]
-    carry = torch.zeros(batch, c.size, dtype=torch.bool, device=a_in.device)
-    carry[0] = first
-    for _ in range(batch + 1):
-        trace = lif(c, a_in, profile=profile, carry=carry, record_state=record_state)
-        following = torch.cat([first[None], trace.spikes[-1, :-1]])
-        if torch.equal(following, carry):
-            return dataclasses.replace(trace, carry_in=carry, carry_out=trace.spikes[-1, -1])
-        carry = following
-    raise RuntimeError("the recurrent carry did not converge (a bug: it must within B passes)")
-
-
-def preroll(consts: list[LayerConstants], profile: Profile, steps: int) -> list[torch.Tensor]:
-    """Each layer's spikes at the step before its first window on a fresh Lava run.
-
-    Layer l (1-based) starts its first window at global step l; during steps 0..l-1 it runs from
-    zero state on its bias and on the (equally early) spikes of the layers before it, reset by
-    LIFReset whenever l - g is a multiple of T, and its spikes at step l-1 reach its recurrent
-    synapse at the first step of sample 0.
-    """
-    big = float(profile.state_max)
-    shift = float(1 << profile.activation_shift)
-    device = consts[0].bias.device
-    zeros = [torch.zeros(1, c.size, dtype=torch.bool, device=device) for c in consts]
-    u = [torch.zeros(1, c.size, dtype=torch.float64, device=device) for c in consts]
-    v = [torch.zeros_like(x) for x in u]
-    z_prev, first = list(zeros), list(zeros)
-    for g in range(len(consts)):
-        z_now = list(z_prev)
-        for k, c in enumerate(consts, start=1):
-            if g >= k:  # layer k's windows have begun
-                continue
-            if (k - g) % steps == 0:  # LIFReset: time_step % T == (k + 1) % T, time_step = g + 1
-                u[k - 1] = torch.zeros_like(u[k - 1])
-                v[k - 1] = torch.zeros_like(v[k - 1])
-            a = dense(c.ff, z_prev[k - 2]) if k > 1 else torch.zeros_like(u[k - 1])
-            act = _recurrent_act(c, a, z_prev[k - 1], shift) if c.rec is not None \
-                else wrap_int32(a * shift)
-            bounds = _Bounds(checked=True, bias_big=True, has_bias=True, clamp_v=True)
-            u[k - 1], v[k - 1], z_now[k - 1] = lif_step(c, u[k - 1], v[k - 1], act, bounds, big)
-            if g == k - 1:
-                first[k - 1] = z_now[k - 1]
-        z_prev = z_now
-    return [f[0] for f in first]
+def _lif_numba(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, record_state: bool,
+               ws: Workspace | None, name: str) -> LayerTrace:
+    """``lif`` through the fused CPU kernel (run/kernel.py), which also counts the spikes."""
+    if a_in.device.type != "cpu":
+        raise ValueError(f"the numba kernel runs on CPU tensors, not {a_in.device}")
+    shape = tuple(a_in.shape)
+    spikes = _empty(ws, name, shape, torch.bool, a_in.device)
+    counts = torch.empty(shape[1:], dtype=torch.int64)
+    state = (np.empty(shape), np.empty(shape)) if record_state else \
+        (cpu_kernel.NO_STATE, cpu_kernel.NO_STATE)
+    cpu_kernel.lif_layer(
+        a_in.contiguous().numpy(), c.rec_wt if c.rec_wt is not None else cpu_kernel.NO_WEIGHTS,
+        c.rec.weight_exp if c.rec is not None else 0, c.rec is not None, c.u_keep, c.v_keep,
+        profile.activation_shift, c.bias.numpy(), c.vth, float(profile.state_max),
+        spikes.numpy(), counts.numpy(), state[0], state[1], record_state)
+    u, v = (torch.from_numpy(a.astype(np.int64)) for a in state) if record_state else (None, None)
+    return LayerTrace(spikes=spikes, u=u, v=v, counts=counts)
 
 
 def input_levels(dep: Deployment, x: torch.Tensor, *, ws: Workspace | None = None) -> torch.Tensor:
@@ -388,15 +363,21 @@ def constants(dep: Deployment, device: torch.device, max_input: int) -> list[Lay
             for i, layer in enumerate(dep.layers)]
 
 
+def default_kernel(device: torch.device) -> str:
+    """The step loop a device runs: the numba kernel on CPU, torch elsewhere."""
+    return "numba" if device.type == "cpu" else "torch"
+
+
 def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device = "cpu",
-               record_state: bool = False, first: list[torch.Tensor] | None = None,
-               ws: Workspace | None = None,
-               consts: dict[int, list[LayerConstants]] | None = None) -> list[LayerTrace]:
-    """Every layer's trace for (T, B, n) encoded input, all samples at once, as one fresh Lava run
-    would compute them (``first``: the recurrent carries into sample 0, default a fresh run's).
+               record_state: bool = False, ws: Workspace | None = None,
+               consts: dict[int, list[LayerConstants]] | None = None,
+               kernel: str | None = None) -> list[LayerTrace]:
+    """Every layer's trace for (T, B, n) encoded input, all samples at once, as one Lava run of
+    them computes it (lava-sim: every sample from rest).
 
     ``ws`` reuses buffers across calls (the traces then stay valid until the next call);
-    ``consts`` caches the layer constants by the input's peak level."""
+    ``consts`` caches the layer constants by the input's peak level; ``kernel`` picks the step
+    loop (a key of ``KERNELS``; default ``default_kernel(device)``)."""
     dev = torch.device(device)
     s = input_levels(dep, x.to(dev), ws=ws)
     peak = int(_abs_max(s))
@@ -405,17 +386,12 @@ def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device =
         layers = constants(dep, dev, peak)
         if consts is not None:
             consts[peak] = layers
-    if first is None and any(c.rec is not None for c in layers):
-        first = preroll(constants(dep, dev, dep.input_scale), dep.profile, steps=s.shape[0])
+    loop = kernel or default_kernel(dev)
     traces = []
     for k, c in enumerate(layers):
         a_in = drive(c, s, dep.profile, ws=ws)
-        if c.rec is not None and first is not None:
-            trace = lif_carried(c, a_in, profile=dep.profile, first=first[k],
-                                record_state=record_state)
-        else:
-            trace = lif(c, a_in, profile=dep.profile, record_state=record_state, ws=ws,
-                        name=f"spikes{k}")
+        trace = lif(c, a_in, profile=dep.profile, record_state=record_state, ws=ws,
+                    name=f"spikes{k}", kernel=loop)
         traces.append(trace)
         s = trace.spikes
     return traces
@@ -429,24 +405,21 @@ def spike_counts(spikes: torch.Tensor) -> torch.Tensor:
 
 
 class Emulator:
-    """Runs a Deployment batch after batch as one Lava run of all the samples would.
+    """Runs a Deployment batch after batch as one Lava run of all the samples would: every sample
+    from rest, so batches are independent of each other.
 
-    Feed-forward layers start every sample from zero state. A recurrent layer's first step
-    receives the previous sample's last-step spikes, as on Lava (run/lava_sim.py), so batches
-    must come in order; the carries pass from one ``run`` call to the next.
-
-    On CPU, a feed-forward Deployment's chunks run on ``torch.get_num_threads()`` threads, one
-    chunk per thread with one intra-op thread each: the step loop's element-wise operations are
-    too small to split well across cores (measured: 2 intra-op threads ran 1.4x as fast as one).
+    On CPU, chunks of ``CHUNK`` samples run on ``torch.get_num_threads()`` threads, one chunk per
+    thread with one intra-op thread each (the kernel releases the GIL; the step loop's work is
+    too small to split well across cores inside one chunk).
     """
 
-    def __init__(self, dep: Deployment, *, device: str | torch.device = "cpu"):
+    def __init__(self, dep: Deployment, *, device: str | torch.device = "cpu",
+                 kernel: str | None = None):
         self.dep, self.device = dep, torch.device(device)
-        self._first: list[torch.Tensor] | None = None
+        self.kernel = kernel or default_kernel(self.device)
         self._workspaces: list[Workspace] = []
         self._consts: dict[int, list[LayerConstants]] = {}
-        self._threads = 1 if self.device.type != "cpu" or \
-            any(layer.recurrent is not None for layer in dep.layers) else torch.get_num_threads()
+        self._threads = torch.get_num_threads() if self.device.type == "cpu" else 1
 
     def _workspace(self, k: int) -> Workspace:
         while len(self._workspaces) <= k:
@@ -455,14 +428,10 @@ class Emulator:
 
     def _chunk(self, x: torch.Tensor, ws: Workspace) -> tuple[np.ndarray, list[np.ndarray]]:
         """One chunk's output spikes (T, b, n_out) uint8 and per-layer counts."""
-        traces = run_layers(self.dep, x, device=self.device, first=self._first, ws=ws,
-                            consts=self._consts)
-        if any(t.carry_out is not None for t in traces):
-            self._first = [t.carry_out if t.carry_out is not None
-                           else torch.zeros(t.spikes.shape[2], dtype=torch.bool)
-                           for t in traces]
+        traces = run_layers(self.dep, x, device=self.device, ws=ws, consts=self._consts,
+                            kernel=self.kernel)
         return (traces[-1].spikes.cpu().numpy().view(np.uint8).copy(),
-                [spike_counts(t.spikes).cpu().numpy() for t in traces])
+                [t.spike_counts().cpu().numpy() for t in traces])
 
     def _chunks(self, chunks: list[torch.Tensor]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
         workers = min(self._threads, len(chunks))
@@ -495,6 +464,6 @@ class Emulator:
 
 
 def run_emulator(dep: Deployment, x: np.ndarray | torch.Tensor, *,
-                 device: str | torch.device = "cpu") -> Recording:
-    """Run (T, B, n) input as one fresh Lava run would; the Recording equals lava-sim's."""
-    return Emulator(dep, device=device).run(x)
+                 device: str | torch.device = "cpu", kernel: str | None = None) -> Recording:
+    """Run (T, B, n) input as one Lava run of it would; the Recording equals lava-sim's."""
+    return Emulator(dep, device=device, kernel=kernel).run(x)

@@ -9,12 +9,17 @@ All samples go through one Lava run. Each Dense delays by one step, so layer l (
 sample s during global steps [s*T + l, s*T + l + T). ``LIFReset`` zeroes u and v of layer l at the
 first of those steps (``reset_interval = T``, ``reset_offset = l + 1``: Lava counts time steps
 from 1) before adding that step's input, which is the first input of the same sample. No gap
-steps are needed, the stale Dense buffers are never read, and the output of sample s is read from
-steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on error or Ctrl-C.
+steps are needed, the stale feed-forward Dense buffers are never read, and the output of sample s
+is read from steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on error or
+Ctrl-C.
 
-A recurrent Dense delivers, at a layer's reset step, the layer's own spikes of the step before:
-the last step of the previous sample (for the first sample, of the steps before its first
-window). Lava carries that much state across samples; the emulator reproduces it exactly.
+A recurrent Dense would deliver, at a layer's reset step, the layer's own spikes of the step
+before: the last step of the previous sample. LIFReset cannot clear that (it zeroes u and v
+*before* the step's input arrives), and carried over it changes what a trained recurrent model
+computes (measured: a latency-coded recurrent digits model, 0.90 from rest, 0.22 carried). So the
+run pauses before every such step and sets the recurrent Dense's buffer ``a_buff`` to zero: every
+sample starts from rest, as the NIR graph and the float backend assume, and a batched run equals
+one fresh run per sample (tests/test_recurrent.py). Feed-forward deployments need no pauses.
 
 The ``loihi2`` backend (run/loihi2.py) runs this same graph, built by ``build_graph``, with
 ``Loihi2HwCfg``: its ``Bridge`` puts lava-loihi's spike adapters where the host processes (source,
@@ -102,6 +107,18 @@ class LavaGraph:
     lifs: tuple[Any, ...]
     records: tuple[Path, ...]
     total_steps: int
+    steps: int = 1  # per sample
+    # (depth l, the recurrent Dense of layer l): emptied before each of layer l's reset steps
+    loops: tuple[tuple[int, Any], ...] = ()
+
+    def pauses(self) -> dict[int, list[Any]]:
+        """Step counts after which to empty recurrent Dense buffers: for layer l, s*T + l (Lava
+        steps 0..s*T + l - 1 done; the next is l's first step of sample s), for each sample s."""
+        at: dict[int, list[Any]] = {}
+        for depth, loop in self.loops:
+            for stop in range(depth, self.total_steps, self.steps):
+                at.setdefault(stop, []).append(loop)
+        return at
 
 
 def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Path,
@@ -128,7 +145,7 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
     source = Source(data=data)
     port = bridge.to_chip(source.s_out, size=dep.input_size,
                           num_message_bits=dep.layers[0].num_message_bits)
-    lifs, records = [], []
+    lifs, records, loops = [], [], []
     for depth, layer in enumerate(dep.layers, start=1):
         ff = dense(layer.weights, weight_exp=layer.weight_exp,
                    num_weight_bits=layer.num_weight_bits, sign_mode=layer.sign_mode,
@@ -147,6 +164,7 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
                          num_message_bits=0, name=f"dense_rec:{layer.neuron}")
             lif.s_out.connect(loop.s_in)
             loop.a_out.connect(lif.a_in)
+            loops.append((depth, loop))
         record = record_dir / f"layer{depth}.npy"
         create_record_file(record, steps=total_steps, width=layer.size)
         bridge.to_host(lif.s_out, size=layer.size).connect(
@@ -155,13 +173,14 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
         records.append(record)
         port = lif.s_out
     return LavaGraph(source=source, lifs=tuple(lifs), records=tuple(records),
-                     total_steps=total_steps)
+                     total_steps=total_steps, steps=steps, loops=tuple(loops))
 
 
 def execute(graph: LavaGraph, *, on_progress: Callable[[int, int], None] | None = None,
             before_stop: Callable[[], None] | None = None, run_cfg: Any = None,
             chunks: int = RUN_CHUNKS) -> list[np.ndarray]:
-    """Run the graph to its end in ``chunks`` RunSteps calls; the runtime is stopped in every case.
+    """Run the graph to its end in ``chunks`` RunSteps calls (more where recurrent synapses are
+    emptied between samples, ``LavaGraph.pauses``); the runtime is stopped in every case.
 
     ``run_cfg`` defaults to ``Loihi2SimCfg(select_tag="fixed_pt")``. Returns each layer's recorded
     spikes, (total_steps, n) uint8. ``before_stop`` runs while the runtime is still up (e.g. to
@@ -173,14 +192,20 @@ def execute(graph: LavaGraph, *, on_progress: Callable[[int, int], None] | None 
     if run_cfg is None:
         run_cfg = Loihi2SimCfg(select_tag="fixed_pt")
     total = graph.total_steps
-    bounds = np.linspace(0, total, max(1, min(chunks, total)) + 1).astype(int)
+    reports = {int(b) for b in np.linspace(0, total, max(1, min(chunks, total)) + 1)[1:]}
+    pauses = graph.pauses()
+    done = 0
     with _stopping(graph.source):
         with _sigint_ignored_in_children():
             graph.source.create_runtime(run_cfg=run_cfg)
-        for done, todo in zip(bounds[:-1], np.diff(bounds)):
-            graph.source.run(condition=RunSteps(num_steps=int(todo)))
-            if on_progress is not None:
-                on_progress(int(done + todo), total)
+        for stop in sorted(reports | set(pauses)):
+            if stop > done:
+                graph.source.run(condition=RunSteps(num_steps=stop - done))
+                done = stop
+            for loop in pauses.get(stop, ()):
+                loop.a_buff.set(np.zeros(loop.a_buff.shape, dtype=np.int32))
+            if on_progress is not None and stop in reports:
+                on_progress(stop, total)
         if before_stop is not None:
             before_stop()
     return [np.load(path) for path in graph.records]

@@ -25,7 +25,7 @@ from snn_deploy.run.recording import Recording
 def pre_reset_membrane(dep: Deployment, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(T, B, C) integer u and post-reset v of the output layer, each sample in local time from
     zero state -> (T, B, C) float64 v before threshold and reset, in units of vth << 6."""
-    c = LayerConstants.of(dep.layers[-1], dep, u.device, 1)
+    c = LayerConstants.of(dep.layers[-1], dep, torch.device("cpu"), 1)
     big = float(dep.profile.state_max)
     v = v.to(torch.float64)
     before = torch.cat([torch.zeros_like(v[:1]), v[:-1]])
@@ -36,28 +36,25 @@ def pre_reset_membrane(dep: Deployment, u: torch.Tensor, v: torch.Tensor) -> tor
 
 
 class MembraneEmulator:
-    """The emulator (``run.emulator.Emulator``'s stream of batches, carries included) recording the
-    output layer's pre-reset membrane as well."""
+    """The emulator (``run.emulator.run_layers`` in chunks of ``CHUNK`` samples, every sample from
+    rest as on lava-sim) recording the output layer's pre-reset membrane as well."""
 
     def __init__(self, dep: Deployment, *, device: str | torch.device = "cpu"):
         self.dep, self.device = dep, torch.device(device)
-        self._first: list[torch.Tensor] | None = None
 
     def run(self, x: np.ndarray | torch.Tensor) -> Recording:
+        """(T, B, n) input -> Recording with ``membrane`` (T, B, C) float64."""
         x = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
         outputs, counts, membranes = [], [], []
         for start in range(0, x.shape[1], CHUNK):
             traces = run_layers(self.dep, x[:, start:start + CHUNK], device=self.device,
-                                record_state=True, first=self._first)
-            if any(t.carry_out is not None for t in traces):
-                self._first = [t.carry_out if t.carry_out is not None
-                               else torch.zeros(t.spikes.shape[2], dtype=torch.bool)
-                               for t in traces]
+                                record_state=True)
             last = traces[-1]
-            assert last.u is not None and last.v is not None
+            if last.u is None or last.v is None:
+                raise RuntimeError("run_layers(record_state=True) returned no u and v")
             outputs.append(last.spikes.to(torch.uint8).cpu().numpy())
             counts.append([spike_counts(t.spikes).cpu().numpy() for t in traces])
-            membranes.append(pre_reset_membrane(self.dep, last.u, last.v).cpu().numpy())
+            membranes.append(pre_reset_membrane(self.dep, last.u.cpu(), last.v.cpu()).numpy())
         return Recording(
             output=np.concatenate(outputs, axis=1),
             layer_names=tuple(layer.neuron for layer in self.dep.layers),
