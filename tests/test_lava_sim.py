@@ -123,3 +123,19 @@ def test_spike_recorder_equals_lavas_ringbuffer_sink(tmp_path):
     recorded = np.load(path)
     assert expected.sum() > 0
     np.testing.assert_array_equal(recorded, expected != 0)
+
+
+def test_a_twenty_layer_deployment_runs_on_lava_as_on_the_emulator():
+    """Load: 20 layers (61 Lava processes) in one run, several samples; the spikes must reach
+    the last layer, and every layer must equal the emulator's."""
+    from snn_deploy.run.emulator import run_emulator
+
+    network = random_network([6] + [5] * 20, seed=4, mean=1.0)
+    dep = _deploy(network)
+    x = (np.random.default_rng(2).random((30, 3, 6)) < 0.6).astype(np.float32)
+    lava = run_lava_sim(dep, x)
+    emu = run_emulator(dep, x)
+    assert len(lava.counts) == 20 and lava.counts[-1].sum() > 0, "spikes must reach layer 20"
+    np.testing.assert_array_equal(lava.output, emu.output)
+    for k, (a, b) in enumerate(zip(lava.counts, emu.counts)):
+        np.testing.assert_array_equal(a, b, err_msg=f"layer {k + 1}")
