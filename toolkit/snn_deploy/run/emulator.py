@@ -182,12 +182,14 @@ def dense(c: Synapses, s: torch.Tensor) -> torch.Tensor:
 @dataclasses.dataclass(frozen=True)
 class LayerTrace:
     """A layer's spikes, and optionally its u and v, in local time: (T, B, n) each; ``counts``
-    (B, n) int64 spikes per sample when the kernel counted them on the way (else None)."""
+    (B, n) int64 spikes per sample and ``levels`` (T, B, n) float32 0/1 spikes, the next layer's
+    matmul input, when the kernel wrote them on the way (else None)."""
 
     spikes: torch.Tensor  # bool
     u: torch.Tensor | None  # int64
     v: torch.Tensor | None  # int64
     counts: torch.Tensor | None = None
+    levels: torch.Tensor | None = None
 
     def spike_counts(self) -> torch.Tensor:
         return self.counts if self.counts is not None else spike_counts(self.spikes)
@@ -336,6 +338,7 @@ def _lif_numba(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, recor
         raise ValueError(f"the numba kernel runs on CPU tensors, not {a_in.device}")
     shape = tuple(a_in.shape)
     spikes = _empty(ws, name, shape, torch.bool, a_in.device)
+    levels = _empty(ws, f"{name}_f32", shape, torch.float32, a_in.device)
     counts = torch.empty(shape[1:], dtype=torch.int64)
     state = (np.empty(shape), np.empty(shape)) if record_state else \
         (cpu_kernel.NO_STATE, cpu_kernel.NO_STATE)
@@ -343,9 +346,9 @@ def _lif_numba(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, recor
         a_in.contiguous().numpy(), c.rec_wt if c.rec_wt is not None else cpu_kernel.NO_WEIGHTS,
         c.rec.weight_exp if c.rec is not None else 0, c.rec is not None, c.u_keep, c.v_keep,
         profile.activation_shift, c.bias.numpy(), c.vth, float(profile.state_max),
-        spikes.numpy(), counts.numpy(), state[0], state[1], record_state)
+        spikes.numpy(), counts.numpy(), levels.numpy(), state[0], state[1], record_state)
     u, v = (torch.from_numpy(a.astype(np.int64)) for a in state) if record_state else (None, None)
-    return LayerTrace(spikes=spikes, u=u, v=v, counts=counts)
+    return LayerTrace(spikes=spikes, u=u, v=v, counts=counts, levels=levels)
 
 
 def input_levels(dep: Deployment, x: torch.Tensor, *, ws: Workspace | None = None) -> torch.Tensor:
@@ -393,7 +396,7 @@ def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device =
         trace = lif(c, a_in, profile=dep.profile, record_state=record_state, ws=ws,
                     name=f"spikes{k}", kernel=loop)
         traces.append(trace)
-        s = trace.spikes
+        s = trace.levels if trace.levels is not None else trace.spikes
     return traces
 
 

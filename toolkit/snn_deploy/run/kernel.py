@@ -57,14 +57,16 @@ def _integrate(act, u, v, bias, u_keep, v_keep, big):  # pragma: no cover (compi
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)
-def _fire(v, vth, spikes, counts):  # pragma: no cover (compiled)
-    """z = v > vth; v <- 0 where z; spikes and per-sample counts written."""
+def _fire(v, vth, spikes, counts, levels):  # pragma: no cover (compiled)
+    """z = v > vth; v <- 0 where z; spikes, per-sample counts and the spikes as float32 0/1
+    (``levels``, the next layer's matmul input) written."""
     for i in range(v.shape[0]):
         y = v[i]
         f = y > vth
         v[i] = 0.0 if f else y
         spikes[i] = f
         counts[i] += f
+        levels[i] = 1.0 if f else 0.0
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)
@@ -87,7 +89,7 @@ def _recurrent_input(a_ff, z_prev, rec_wt, rec_exp, act_shift, out):  # pragma: 
 
 @numba.njit(nogil=True, cache=True)
 def lif_layer(act, rec_wt, rec_exp, recurrent, u_keep, v_keep, act_shift, bias, vth, big,
-              spikes, counts, u_out, v_out, record):  # pragma: no cover (compiled)
+              spikes, counts, levels, u_out, v_out, record):  # pragma: no cover (compiled)
     """One layer over all samples and steps, every sample from rest.
 
     Args:
@@ -98,13 +100,15 @@ def lif_layer(act, rec_wt, rec_exp, recurrent, u_keep, v_keep, act_shift, bias, 
             j's spike adds); rec_exp: its weight_exp; recurrent: whether the layer has one.
         u_keep, v_keep: (4096 - du - 1) / 4096 and (4096 - dv) / 4096; act_shift: 6.
         bias: (n,) float64 bias_mant << bias_exp, int32-wrapped; vth: vth << 6; big: 2**23.
-        spikes: (T, B, n) bool, written; counts: (B, n) int64, written (spikes per sample).
+        spikes: (T, B, n) bool, written; counts: (B, n) int64, written (spikes per sample);
+        levels: (T, B, n) float32, written: the spikes as 0.0/1.0.
         u_out, v_out: (T, B, n) float64, written when ``record`` (u and v after the step).
     """
     steps, batch, n = act.shape
     m = batch * n
     flat = act.reshape((steps, m))
     z = spikes.reshape((steps, m))
+    lv = levels.reshape((steps, m))
     c = counts.reshape(m)
     c[:] = 0
     u = np.zeros(m)
@@ -121,7 +125,7 @@ def lif_layer(act, rec_wt, rec_exp, recurrent, u_keep, v_keep, act_shift, bias, 
             _integrate(a, u, v, bias_m, u_keep, v_keep, big)
         else:
             _integrate(flat[t], u, v, bias_m, u_keep, v_keep, big)
-        _fire(v, vth, z[t], c)
+        _fire(v, vth, z[t], c, lv[t])
         if record:
             u_out.reshape((steps, m))[t] = u
             v_out.reshape((steps, m))[t] = v
@@ -129,3 +133,4 @@ def lif_layer(act, rec_wt, rec_exp, recurrent, u_keep, v_keep, act_shift, bias, 
 
 NO_STATE = np.zeros((1, 1, 1))  # stands in for u_out / v_out when nothing is recorded
 NO_WEIGHTS = np.zeros((1, 1))  # stands in for rec_wt of a feed-forward layer
+
