@@ -24,7 +24,7 @@ from snn_deploy.quantize.deployment import (
     QuantLayer,
     RecurrentSynapse,
 )
-from snn_deploy.run.emulator import KERNELS, run_emulator, run_layers
+from snn_deploy.run.emulator import KERNELS, input_levels, run_emulator, run_layers
 from snn_deploy.run.lava_sim import build_graph, execute, input_to_lava, run_lava_sim, to_recording
 from snn_deploy.targets import load_target
 
@@ -257,3 +257,19 @@ def test_recurrent_samples_start_from_rest_on_lava():
         carried = to_recording(dep, execute(dataclasses.replace(graph, loops=())), steps=5,
                                batch=6)
     assert not np.array_equal(carried.output, one_by_one)
+
+
+def test_graded_levels_round_as_lava_does():
+    """Lava's source gets rint(float64(x) * 255); in float32 0.9 * 255 rounds onto 229.5 and
+    then to 230 (found by attacks on direct-coded models). The emulator must give 229."""
+    layer = QuantLayer(
+        synapse="a", neuron="A", weights=np.full((2, 3), 7, np.int32), weight_exp=0,
+        sign_mode="mixed", num_weight_bits=8, num_message_bits=8, du=100, dv=100, vth=40,
+        bias_mant=np.zeros(2, np.int32), bias_exp=np.zeros(2, np.int32), scale=1.0, stats=NO_STATS)
+    dep = Deployment(profile=PROFILE, layers=(layer,), input_size=3, input_scale=255, dt=1e-3,
+                     coding={}, source_sha256="", source_nir=b"", calibration="")
+    x = np.full((6, 2, 3), 0.9, np.float32)
+    np.testing.assert_array_equal(input_levels(dep, torch.from_numpy(x))[0, 0].numpy(),
+                                  input_to_lava(dep, x)[:, 0])
+    assert input_to_lava(dep, x)[0, 0] == 229
+    assert_equal_to_lava(dep, x)

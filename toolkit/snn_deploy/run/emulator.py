@@ -358,7 +358,11 @@ def input_levels(dep: Deployment, x: torch.Tensor, *, ws: Workspace | None = Non
     if x.shape[2] != dep.input_size:
         raise UserError(f"input has {x.shape[2]} channels, the deployment takes {dep.input_size}")
     levels = _empty(ws, "levels", tuple(x.shape), torch.float32, x.device)
-    return torch.mul(x.to(torch.float32), dep.input_scale, out=levels).round_()  # exact: <= 2**bits
+    if dep.input_scale == 1:  # spikes: x * 1 is exact in float32
+        return torch.round(x.to(torch.float32), out=levels)
+    # graded: Lava's RingBuffer gets rint(float64(x) * scale) (input_to_lava); in float32 the
+    # product can round onto a .5 first (0.9 * 255: level 230 against Lava's 229)
+    return levels.copy_(torch.round(x.to(torch.float64) * dep.input_scale))  # <= 2**bits: exact
 
 
 def constants(dep: Deployment, device: torch.device, max_input: int) -> list[LayerConstants]:
