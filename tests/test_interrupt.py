@@ -76,3 +76,46 @@ def test_a_killed_command_leaves_no_partial_output(small_model_files, tmp_path, 
             os.killpg(proc.pid, signal.SIGKILL)
     written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert written == [], written
+
+
+_CREATE_ONLY = """
+import numpy as np
+from lava.magma.core.run_configs import Loihi2SimCfg
+from lava.proc.dense.process import Dense
+from lava.proc.io.source import RingBuffer
+from lava.proc.lif.process import LIF
+from snn_deploy.run.lava_sim import _stopping
+
+src = RingBuffer(data=np.zeros((3, 10), np.int32))
+dense = Dense(weights=np.ones((2, 3), np.int32))
+lif = LIF(shape=(2,))
+src.s_out.connect(dense.s_in)
+dense.a_out.connect(lif.a_in)
+{body}
+print("stopped")
+"""
+
+
+@pytest.mark.parametrize("ours", [False, True], ids=["lava-alone-hangs", "our-stop-returns"])
+def test_stopping_a_runtime_that_never_ran(ours):
+    """Lava 0.10 bug: stop() of a runtime that was created but never ran waits forever for its
+    workers (a Ctrl-C right after create_runtime hit it). ``_stopping`` starts it first."""
+    body = ("with _stopping(src):\n    src.create_runtime(run_cfg=Loihi2SimCfg(select_tag='fixed_pt'))"
+            if ours else "src.create_runtime(run_cfg=Loihi2SimCfg(select_tag='fixed_pt'))\nsrc.stop()")
+    proc = subprocess.Popen([sys.executable, "-c", _CREATE_ONLY.format(body=body)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=60 if ours else 15)
+        hung = False
+    except subprocess.TimeoutExpired:
+        hung, out = True, ""
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if ours:
+        assert not hung and "stopped" in out, out
+        assert _living(proc.pid) == []
+    else:  # if this starts to fail, Lava fixed it and the workaround can go
+        assert hung, f"Lava's stop() returned: {out}"

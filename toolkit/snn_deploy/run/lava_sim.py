@@ -50,30 +50,46 @@ RUN_CHUNKS = 20  # the run is split into this many RunSteps calls, for progress 
 
 @contextlib.contextmanager
 def _stopping(process) -> Iterator[None]:
-    """Stop the Lava runtime of ``process`` when the block ends, however it ends."""
+    """Stop the Lava runtime of ``process`` when the block ends, however it ends.
+
+    Lava 0.10's ``stop()`` of a runtime that was created but never ran waits forever: its workers
+    wait for a first command that never comes (tests/test_interrupt.py shows it). Such a runtime
+    (a Ctrl-C right after ``create_runtime``) first runs one step, which starts it, then stops.
+    """
     try:
         yield
     finally:
+        with contextlib.suppress(Exception):
+            runtime = process.runtime
+            if runtime is not None and not runtime._is_started:
+                from lava.magma.core.run_conditions import RunSteps
+
+                process.run(condition=RunSteps(num_steps=1))
         with contextlib.suppress(Exception):
             process.stop()
 
 
 @contextlib.contextmanager
 def _sigint_ignored_in_children() -> Iterator[None]:
-    """Start Lava's worker processes with SIGINT ignored, so Ctrl-C reaches only this process.
+    """Start Lava's worker processes with SIGINT held back, so Ctrl-C reaches only this process.
 
     A terminal's Ctrl-C signals the whole process group. Lava's workers die of it, and the
-    runtime's stop() then waits forever for their answer; with the workers ignoring SIGINT, the
-    KeyboardInterrupt in this process stops the runtime cleanly.
+    runtime's stop() then waits forever for their answer. While the workers are forked, SIGINT
+    only notes itself (the workers inherit that handler, so they never act on it); a Ctrl-C that
+    came meanwhile is raised as KeyboardInterrupt once they are up, and the runtime is stopped
+    cleanly by the caller (``_stopping``). Before, such a Ctrl-C was ignored and lost.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 class Bridge(Protocol):
