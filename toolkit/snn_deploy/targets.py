@@ -63,7 +63,7 @@ class Target:
             cfg = self.checkpoint.config
             coding = {"encoding": cfg.encoding, "steps": cfg.steps, "dataset": cfg.dataset,
                       "decoder": cfg.decoder}
-            if cfg.decoder == "first_spike":  # the same keys as the exported graph's metadata
+            if cfg.decoder != "spike_count":  # the same keys as the exported graph's metadata
                 coding["decoder_beta"] = cfg.decoder_beta
             return coding
         if self.ann is not None:  # an ANN reads the values themselves, once

@@ -74,7 +74,8 @@ class Source(Protocol):
     name: str
 
     def spike_logits(self, s: torch.Tensor) -> torch.Tensor:
-        """(T, B, n) encoder output -> (B, C) logits, differentiable with respect to s."""
+        """(T, B, n) encoder output -> (B, C) logits of the deployed decoder (spike counts,
+        -beta * first-spike times or beta * max membrane), differentiable with respect to s."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,8 @@ class AttackSettings:
             raise UserError(f"--step-size must be > 0, got {self.step_size}")
 
 
-Oracle = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x or spikes, idx) -> (B, C) logits
+# (x or spikes, idx) -> (B, C) logits of the deployed decoder, computed on the backend's arithmetic
+Oracle = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclasses.dataclass
@@ -149,11 +151,6 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     other = logits.clone()
     other.scatter_(1, y[:, None], float("-inf"))
     return correct - other.max(dim=1).values
-
-
-def predicted(logits: torch.Tensor) -> torch.Tensor:
-    """The deployed decoder's class: most output spikes, ties to the lowest index."""
-    return logits.argmax(dim=1)
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:

@@ -1,12 +1,26 @@
 """Gradient sources: differentiable stand-ins for a Deployment, each mapping encoder output
-(T, B, n) to (B, C) logits = output spike counts (the deployed decoder).
+(T, B, n) to (B, C) logits of the Deployment's own output decoder (``train.decoding``):
+
+    spike_count   z = sum_t s_out,t
+    first_spike   z = -beta * t_first, the soft first-spike time of the output spikes (equal to the
+                  hard one on 0/1 spikes; gradients through the spikes' surrogate derivatives)
+    max_membrane  z = beta * max_t m_t, m the output layer's membrane before threshold and reset
+                  (units of its threshold; the max passes its gradient to the step that attains it)
+
+Sources:
 
     twin   the differentiable twin of the exact Deployment (run/twin.py): forward bit-exact, surrogate
-           gradients of selectable shape and width through the threshold (default);
+           gradients of selectable shape and width through the threshold (default); its logits
+           equal the backend's decoder on the same spikes, so it agrees with the backend exactly;
     bptr   backpropagation through rates: the exact forward, and a backward pass through each
            layer's time-averaged input-output map, as if a layer's rate were a ReLU of its mean
-           input current (Ding et al. 2022, used as an estimator by Ozdenizci & Legenstein 2024);
-    float  the float source graph the Deployment was made from (transfer attack), with a surrogate.
+           input current (Ding et al. 2022, used as an estimator by Ozdenizci & Legenstein 2024).
+           The logits are the exact decoder's (BPDA, Athalye et al. 2018); their gradient is that
+           of the output rate times T (spike_count), times beta T (first_spike: a higher rate fires
+           earlier), or of the output layer's mean input current in threshold units, ungated, times
+           beta T (max_membrane: the membrane is not rectified, so silent neurons pass gradient);
+    float  the float source graph the Deployment was made from (transfer attack), with a surrogate;
+           its logits are the decoder's on the float graph's spikes or membrane.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from snn_deploy.run.emulator import lava_weights
 from snn_deploy.run.float_backend import LayerParams, layer_step
 from snn_deploy.run.twin import SURROGATES, EmulatorTwin, surrogate_spike
 from snn_deploy.targets import Target
+from snn_deploy.train.decoding import DecoderSpec
 
 SOURCE_KINDS = ("twin", "bptr", "float")
 
@@ -26,20 +41,24 @@ SOURCE_KINDS = ("twin", "bptr", "float")
 class TwinSource:
     """Gradients through the differentiable twin of the Deployment."""
 
-    def __init__(self, dep: Deployment, *, surrogate: str = "fast_sigmoid", width: float = 0.5):
+    def __init__(self, dep: Deployment, *, surrogate: str = "fast_sigmoid", width: float = 0.5,
+                 decoder: DecoderSpec = DecoderSpec()):
         self.twin = EmulatorTwin(dep, surrogate=surrogate, width=width).requires_grad_(False)
+        self.decoder = decoder
         self.name = f"twin[{surrogate},{width:g}]"
 
     def spike_logits(self, s: torch.Tensor) -> torch.Tensor:
-        return self.twin(s).output.sum(dim=0).to(torch.float32)
+        out = self.twin(s)
+        return self.decoder.logits(out.output, out.membrane).to(torch.float32)
 
 
 class BPTRSource:
     """Exact twin forward; backward through per-layer rates r_l = mean_t s_l, with
     d r_l / d r_{l-1} = diag[r_l > 0] * W_l * gain_l, gain_l = 2**(exp + 6) / (vth << 6)."""
 
-    def __init__(self, dep: Deployment):
+    def __init__(self, dep: Deployment, *, decoder: DecoderSpec = DecoderSpec()):
         self.twin = EmulatorTwin(dep).requires_grad_(False)
+        self.decoder = decoder
         p = dep.profile
         self.maps = []
         for layer in dep.layers:
@@ -50,21 +69,31 @@ class BPTRSource:
         self.name = "bptr"
 
     def spike_logits(self, s: torch.Tensor) -> torch.Tensor:
+        steps = s.shape[0]
         with torch.no_grad():
-            exact = self.twin(s.detach()).layers
-        r = s.to(torch.float64).mean(dim=0)  # carries the encoder's straight-through gradient
-        for w, spikes in zip(self.maps, exact):
+            out = self.twin(s.detach())
+        r = s.reshape(steps, s.shape[1], -1).to(torch.float64).mean(dim=0)  # straight through
+        drive = r
+        for w, spikes in zip(self.maps, out.layers):
             rate = spikes.mean(dim=0)
-            a = (r @ w.T) * (rate > 0)
+            drive = r @ w.T  # mean input current per step, in units of the threshold
+            a = drive * (rate > 0)
             r = rate + a - a.detach()
-        return (r * s.shape[0]).to(torch.float32)
+        if self.decoder.name == "spike_count":
+            return (r * steps).to(torch.float32)
+        exact = self.decoder.logits(out.output, out.membrane)
+        proxy = drive if self.decoder.reads_membrane else r
+        scale = self.decoder.beta * steps
+        return (exact + scale * (proxy - proxy.detach())).to(torch.float32)
 
 
 class FloatSource:
     """The float source graph (what the Deployment was quantized from), spikes with a surrogate."""
 
-    def __init__(self, target: Target, *, surrogate: str = "fast_sigmoid", width: float = 0.5):
+    def __init__(self, target: Target, *, surrogate: str = "fast_sigmoid", width: float = 0.5,
+                 decoder: DecoderSpec = DecoderSpec()):
         net = target.require_network()
+        self.decoder = decoder
         self.params = [LayerParams.of(layer) for layer in net.layers]
         self.sizes = [layer.size for layer in net.layers]
         self.shape, self.width = surrogate, width
@@ -80,26 +109,35 @@ class FloatSource:
         i = [torch.zeros(batch, n) for n in self.sizes]
         v = [torch.zeros(batch, n) for n in self.sizes]
         last = [torch.zeros(batch, n) for n in self.sizes]
-        total = torch.zeros(batch, self.sizes[-1])
+        out, membrane = [], []
+
+        def spike_out(v_pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+            membrane.append(v_pre / threshold)  # the output layer's, in units of its threshold
+            return self._spike(v_pre, threshold)
+
+        final = len(self.params) - 1
         for t in range(steps):
             z = x[t]
             for k, p in enumerate(self.params):
-                z, i[k], v[k] = layer_step(p, z, i[k], v[k], last[k], spike=self._spike)
+                z, i[k], v[k] = layer_step(p, z, i[k], v[k], last[k],
+                                           spike=spike_out if k == final else self._spike)
                 last[k] = z
-            total = total + z
-        return total
+            out.append(z)
+        return self.decoder.logits(torch.stack(out), torch.stack(membrane))
 
 
 def make_source(kind: str, target: Target, *, surrogate: str = "fast_sigmoid",
                 width: float = 0.5):
-    """A gradient source by name (``twin``, ``bptr``, ``float``) for a Deployment target."""
+    """A gradient source by name (``twin``, ``bptr``, ``float``) for a Deployment target, giving
+    the logits of the decoder its coding names."""
     if surrogate not in SURROGATES:
         raise UserError(f"unknown surrogate {surrogate!r}: choose from {', '.join(SURROGATES)}")
     dep = target.require_deployment()
+    decoder = DecoderSpec.of(dep.coding)
     if kind == "twin":
-        return TwinSource(dep, surrogate=surrogate, width=width)
+        return TwinSource(dep, surrogate=surrogate, width=width, decoder=decoder)
     if kind == "bptr":
-        return BPTRSource(dep)
+        return BPTRSource(dep, decoder=decoder)
     if kind == "float":
-        return FloatSource(target, surrogate=surrogate, width=width)
+        return FloatSource(target, surrogate=surrogate, width=width, decoder=decoder)
     raise UserError(f"unknown gradient source {kind!r}: choose from {', '.join(SOURCE_KINDS)}")

@@ -82,7 +82,7 @@ def model_to_nir(model: LIFNetwork) -> nir.NIRGraph:
         edges += [(neuron, loop), (loop, neuron)]
     coding = {"encoding": cfg.encoding, "steps": cfg.steps, "dataset": cfg.dataset,
               "decoder": cfg.decoder}
-    if cfg.decoder == "first_spike":
+    if cfg.decoder != "spike_count":  # first_spike, max_membrane: their logits' scale
         coding["decoder_beta"] = cfg.decoder_beta
     metadata = {
         "dt": cfg.dt,

@@ -18,7 +18,7 @@ from snn_deploy.run.float_backend import LayerParams, heaviside, layer_step, run
 from snn_deploy.run.membrane import MembraneEmulator
 from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
-from snn_deploy.train.decoding import DECODERS, MEMBRANE_DECODERS, decoder_predict
+from snn_deploy.train.decoding import DECODERS, MEMBRANE_DECODERS, DecoderSpec, decoder_predict
 from snn_deploy.train.ann import neuron_activations
 
 BACKENDS = ("float", "emulator", "lava-sim", "loihi2")
@@ -135,8 +135,8 @@ def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *
                 on_progress: Progress | None = None, membrane: bool = False) -> Recording:
     """Run consecutive (T, B, n) input batches on a backend, as one stream of samples.
 
-    float and emulator take the batches one by one (bounded memory; one Emulator for all of them,
-    so recurrent layers carry state from sample to sample as in the single Lava run); lava-sim
+    float and emulator take the batches one by one (bounded memory; every sample starts from rest,
+    as in the single Lava run, where each layer is reset at its first step of each sample); lava-sim
     and loihi2 run all samples in one Lava run (loihi2 on the chip, its Recording carrying the
     profiler's measured time and energy; without Intel's lava-loihi it raises BackendUnavailable
     before reading any input). ``membrane``: also record the output layer's pre-reset membrane
@@ -192,6 +192,14 @@ def _concat(parts: list[Recording]) -> Recording:
         membrane=None if any(m is None for m in membranes)
         else np.concatenate(membranes, axis=1),  # type: ignore[arg-type]
     )
+
+
+def recording_logits(recording: Recording, decoder: DecoderSpec) -> torch.Tensor:
+    """(B, C) float32 logits of a Recording under a decoder (its membrane for a membrane
+    decoder): what an attack's oracle scores."""
+    membrane = None if recording.membrane is None else torch.from_numpy(recording.membrane)
+    return decoder.logits(torch.from_numpy(recording.output.astype(np.float32)),
+                          membrane).to(torch.float32)
 
 
 def recording_predictions(recording: Recording, decoder: str) -> np.ndarray:

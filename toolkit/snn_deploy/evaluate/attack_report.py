@@ -45,6 +45,7 @@ def attack_report(result: Robustness, *, target: Target, dataset: str, seed: int
         "diagnostics": result.diagnostics,
         "steps": result.steps,
         "encoding": result.encoding,
+        "decoder": result.decoder,
         "clean": {
             "spikes_per_sample": clean.activity.spikes_per_sample,
             "synops_per_sample": clean.activity.synops_per_sample,
@@ -84,7 +85,8 @@ def markdown(report: dict, *, plots: list[Path] | None = None) -> str:
     lines = [
         f"# Robustness of `{Path(report['model']).name}` on {report['backend']}",
         "",
-        f"{report['n']} {report['dataset']} test samples, {report['encoding']} coding, T ="
+        f"{report['n']} {report['dataset']} test samples, {report['encoding']} coding,"
+        f" {report.get('decoder', 'spike_count')} decoder, T ="
         f" {report['steps']}, profile {report['profile']}. Clean accuracy on {report['backend']}:"
         f" **{report['clean_accuracy']:.4f}**"
         + (f"; float source graph agrees on {report['float_agreement']:.1%} of samples."

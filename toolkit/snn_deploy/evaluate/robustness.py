@@ -5,6 +5,11 @@ Robust accuracy at eps is the share of samples the backend classifies correctly 
 *and* on every adversarial input found within eps: a point found at a smaller eps lies inside every
 larger ball, so the figure is a per-sample worst case over the sweep and never rises with eps. The
 per-attack, per-eps share before that accumulation is kept as ``attack_accuracy`` for the checks.
+
+Every prediction (clean, adversarial, the float graph's, the query oracle's scores) is read with the
+Deployment's own output decoder (``train.decoding``: spike count, first-spike time or maximum
+membrane); for a membrane decoder the backend records the output layer's pre-reset membrane
+(run/membrane.py; on lava-sim from Lava's u and v every step).
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ from snn_deploy.attack.sources import make_source
 from snn_deploy.coding import encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
-from snn_deploy.evaluate.accuracy import DEPLOYED_BACKENDS, _synapses, run_backend
+from snn_deploy.evaluate.accuracy import (DEPLOYED_BACKENDS, _synapses, recording_logits,
+                                          recording_predictions, run_backend)
 from snn_deploy.evaluate.counts import ActivityCounts, activity
 from snn_deploy.evaluate.energy import Energy, price
 from snn_deploy.profiles import Profile
 from snn_deploy.run.emulator import run_emulator
-from snn_deploy.run.float_backend import run_float
+from snn_deploy.run.membrane import MembraneEmulator
 from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
+from snn_deploy.train.decoding import DecoderSpec
 
 Progress = Callable[[str], None]
 
@@ -99,6 +106,7 @@ class Robustness:
     examples: dict  # for plots: one sample's clean and adversarial recordings
     diagnostics: list[dict] = dataclasses.field(default_factory=list)
     wall_time_s: float = 0.0
+    decoder: str = "spike_count"  # the output decoder every prediction above was read with
 
 
 class Evaluator:
@@ -113,10 +121,14 @@ class Evaluator:
         self.dep = target.require_deployment()
         self.profile = energy_profile or self.dep.profile
         coding = self.dep.coding
-        decoder = str(coding.get("decoder", "spike_count"))
-        if decoder != "spike_count":
-            raise UserError(f"attack supports the spike-count decoder; {target.path} decodes by"
-                            f" {decoder} (not supported yet)")
+        try:
+            self.decoder = DecoderSpec.of(coding)
+        except UserError as exc:
+            raise UserError(f"{target.path}: {exc}") from None
+        if self.decoder.reads_membrane and backend == "loihi2":
+            raise UserError(f"{target.path} decodes by {self.decoder.name}, which reads the output"
+                            " layer's membrane every step; the loihi2 backend records spikes only"
+                            " (attack on emulator or lava-sim)")
         self.encoding = str(coding.get("encoding", "rate"))
         self.steps = int(coding.get("steps", 32))
         x, y = split.part("test")
@@ -154,9 +166,10 @@ class Evaluator:
                 events.append((xb != 0).sum(dim=0).to(torch.int64).numpy())
                 yield xb
 
-        rec = run_backend(self.target, backend or self.backend, counted(), device=self.device)
+        rec = run_backend(self.target, backend or self.backend, counted(), device=self.device,
+                          membrane=self.decoder.reads_membrane)
         counts = activity(rec, np.concatenate(events), self.weights, self.recurrent, steps=self.steps)
-        return Verified(predictions=rec.output.astype(np.int64).sum(axis=0).argmax(axis=1),
+        return Verified(predictions=recording_predictions(rec, self.decoder.name),
                         activity=counts, energy=price(counts, self.profile), recording=rec)
 
     def oracle(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -164,8 +177,13 @@ class Evaluator:
         return self.spike_oracle(self.encoder.spikes(x, idx), idx)
 
     def spike_oracle(self, s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        rec = run_emulator(self.dep, s, device=self.device)
-        return torch.as_tensor(rec.output.astype(np.float32).sum(axis=0))
+        """The decoder's logits of spike-train inputs on the emulator (membrane recorded for a
+        membrane decoder)."""
+        if self.decoder.reads_membrane:
+            rec = MembraneEmulator(self.dep, device=self.device).run(s)
+        else:
+            rec = run_emulator(self.dep, s, device=self.device)
+        return recording_logits(rec, self.decoder)
 
     def context(self, spec: SourceSpec, settings: AttackSettings) -> AttackContext:
         source = make_source(spec.kind, self.target, surrogate=spec.surrogate, width=spec.width)
@@ -176,10 +194,12 @@ class Evaluator:
         return self.encoder.spikes(self.x, self.idx)
 
     def float_predictions(self) -> np.ndarray | None:
+        """The float source graph's classes on the clean inputs, under the same decoder."""
         if self.target.network is None:
             return None
-        rec = run_float(self.target.network, self.clean_spikes()).recording
-        return rec.output.astype(np.int64).sum(axis=0).argmax(axis=1)
+        rec = run_backend(self.target, "float", self.batches(self.x, "input"),
+                          membrane=self.decoder.reads_membrane)
+        return recording_predictions(rec, self.decoder.name)
 
 
 def run_attack(ev: Evaluator, ctx: AttackContext, name: str, eps: float,
@@ -292,7 +312,7 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
         rows=rows, labels=y, settings=settings, sources={spec.label: spec for spec in sources},
         ensemble=ensemble,
         query_backend="emulator (bit-exact to lava-sim)" if ev.backend == "lava-sim" else ev.backend,
-        examples=examples, wall_time_s=time.perf_counter() - started)
+        examples=examples, wall_time_s=time.perf_counter() - started, decoder=ev.decoder.name)
 
 
 def layer_activity(ver: Verified) -> list[dict]:

@@ -21,22 +21,33 @@ A study is a TOML file::
     perturbation_sigma = 0.1   # Gaussian input noise for the membrane-perturbation MS
 
     [grid]
-    encoding = ["rate", "latency"]     # keys of coding.ENCODERS
+    encoding = ["rate", "latency"]     # keys of coding.ENCODERS (fusion included)
+    loss = ["count", "first_spike"]    # the loss and output decoder, LOSS or LOSS:BETA
     rule = ["bptt"]                    # keys of train.rules.RULES
     recurrent = [false, true]
     regulariser = ["none", "noise:0.1"]
 
-Regularisers (``REGULARISERS``) map onto ``api.train`` keywords: ``none``; ``noise:S`` ->
-``noise_sigma=S`` (Gaussian-noise training); ``fgsm:E`` / ``pgd:E`` -> ``adversarial="fgsm"|"pgd",
-eps=E`` (adversarial training); ``perturbation:A`` -> ``noise_sigma=PERTURBATION_NOISE_SIGMA,
-perturbation_weight=A`` (the membrane-perturbation regulariser of Ding et al., ICML 2024, which
-compares a clean and a noisy pass).
+``[grid]`` may also be an array of tables (``[[grid]]`` repeated): each is a product of its own
+axes (missing axes take one default value: rate, count, bptt, false, none), and the study runs
+the union of their cells, in the order they first appear, each grid point once. So one study can
+cross coding with decoding on one rule and cross rules with recurrence and regularisers on fewer
+codings, instead of the full product of every axis.
 
-Every cell (grid product x seeds) trains -> checkpoint -> NIR -> Deployment (calibrated on the
-data set) -> clean accuracy, spikes, synaptic ops and energy on the backend -> attack sweep verified
-on the backend -> membrane-perturbation MS. Each finished cell is ``OUT/cells/<cell-id>.json``,
-written atomically; a cell whose JSON exists is skipped (delete a failed cell's JSON to retry it).
-A cell that raises is recorded as ``{"status": "failed", "error": ...}`` and the others go on.
+Losses (``LOSSES`` of train.bptt) pick the output decoder: ``count`` (spike count), ``first_spike``
+(logits -beta * t_first), ``max_membrane`` (logits beta * max_t membrane / threshold); ``:BETA``
+sets the logit scale beta (default 1; it changes the loss, not the prediction). Regularisers
+(``REGULARISERS``) map onto ``api.train`` keywords: ``none``; ``noise:S`` -> ``noise_sigma=S``
+(Gaussian-noise training); ``fgsm:E`` / ``pgd:E`` -> ``adversarial="fgsm"|"pgd", eps=E``
+(adversarial training); ``perturbation:A`` -> ``noise_sigma=PERTURBATION_NOISE_SIGMA,
+perturbation_weight=A`` (the membrane-perturbation regulariser of Ding et al., ICML 2024, which
+compares a clean and a noisy pass). Every cell trains with ``init = "auto"`` (train/init.py).
+
+Every cell (grid point x seed) trains -> checkpoint -> NIR -> Deployment (calibrated on the
+data set) -> clean accuracy, spikes, synaptic ops and energy on the backend, read with the cell's
+decoder -> attack sweep verified on the backend with that decoder -> membrane-perturbation MS.
+Each finished cell is ``OUT/cells/<cell-id>.json``, written atomically; a cell whose JSON exists is
+skipped (delete a failed cell's JSON to retry it). A cell that raises is recorded as
+``{"status": "failed", "error": ...}`` and the others go on.
 """
 
 from __future__ import annotations
@@ -75,6 +86,25 @@ REGULARISERS: dict[str, Callable[[float], dict[str, Any]]] = {
 }
 
 
+def loss_keywords(text: str) -> dict[str, Any]:
+    """``api.train`` keywords for a loss string (``LOSS`` or ``LOSS:BETA``)."""
+    from snn_deploy.train.bptt import LOSSES
+
+    name, sep, value = text.partition(":")
+    if name not in LOSSES:
+        raise UserError(f"loss {text!r}: use LOSS or LOSS:BETA with LOSS one of"
+                        f" {', '.join(LOSSES)}")
+    if not sep:
+        return {"loss": name}
+    try:
+        beta = float(value)
+    except ValueError:
+        raise UserError(f"loss {text!r}: {value!r} is not a number") from None
+    if not (math.isfinite(beta) and beta > 0):
+        raise UserError(f"loss {text!r}: the decoder beta must be a number > 0")
+    return {"loss": name, "decoder_beta": beta}
+
+
 def regulariser_keywords(text: str) -> dict[str, Any]:
     """``api.train`` keywords for a regulariser string (``none`` or ``KIND:VALUE``)."""
     if text == "none":
@@ -95,6 +125,7 @@ class Cell:
     """One model of the study: a grid point and a seed."""
 
     encoding: str
+    loss: str
     rule: str
     recurrent: bool
     regulariser: str
@@ -104,11 +135,27 @@ class Cell:
     def group(self) -> str:
         """The grid point (the cell without its seed), safe as a file name."""
         reg = self.regulariser.replace(":", "")
-        return f"{self.encoding}-{self.rule}-{'rec' if self.recurrent else 'ff'}-{reg}"
+        loss = self.loss.replace(":", "")
+        return f"{self.encoding}-{loss}-{self.rule}-{'rec' if self.recurrent else 'ff'}-{reg}"
 
     @property
     def id(self) -> str:
         return f"{self.group}-s{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """One product of axes; a study holds one or more (``[[grid]]``)."""
+
+    encoding: tuple[str, ...]
+    loss: tuple[str, ...]
+    rule: tuple[str, ...]
+    recurrent: tuple[bool, ...]
+    regulariser: tuple[str, ...]
+
+    def points(self) -> list[tuple[str, str, str, bool, str]]:
+        return list(itertools.product(self.encoding, self.loss, self.rule, self.recurrent,
+                                      self.regulariser))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,19 +175,17 @@ class StudyConfig:
     eps: tuple[float, ...]
     iterations: int
     perturbation_sigma: float
-    encoding: tuple[str, ...]
-    rule: tuple[str, ...]
-    recurrent: tuple[bool, ...]
-    regulariser: tuple[str, ...]
+    grids: tuple[Grid, ...]
 
     def cells(self) -> list[Cell]:
-        return [Cell(e, r, rec, reg, s) for e, r, rec, reg, s in itertools.product(
-            self.encoding, self.rule, self.recurrent, self.regulariser, self.seeds)]
+        """Every grid point of every grid once (first appearance first), times the seeds."""
+        points = list(dict.fromkeys(p for grid in self.grids for p in grid.points()))
+        return [Cell(*point, seed) for point in points for seed in self.seeds]
 
     def settings(self) -> dict:
         """What every cell shares (stored in each cell's JSON)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("name", "seeds", "encoding", "rule", "recurrent", "regulariser")}
+                if k not in ("name", "seeds", "grids")}
 
 
 _STUDY_DEFAULTS: dict[str, Any] = {
@@ -150,7 +195,8 @@ _STUDY_DEFAULTS: dict[str, Any] = {
     "iterations": 10, "perturbation_sigma": 0.1,
 }
 _GRID_DEFAULTS: dict[str, Any] = {
-    "encoding": ["rate"], "rule": ["bptt"], "recurrent": [False], "regulariser": ["none"],
+    "encoding": ["rate"], "loss": ["count"], "rule": ["bptt"], "recurrent": [False],
+    "regulariser": ["none"],
 }
 
 
@@ -170,20 +216,15 @@ def parse_study(data: dict, *, origin: str = "study") -> StudyConfig:
     """Validate a parsed study TOML; every error is a one-line ``UserError`` naming the key."""
     _no_unknown(data, {"study", "grid"}, f"{origin}: top level")
     study = _table(data, "study", origin)
-    grid = _table(data, "grid", origin)
     _no_unknown(study, set(_STUDY_DEFAULTS), f"{origin}: [study]")
-    _no_unknown(grid, set(_GRID_DEFAULTS), f"{origin}: [grid]")
     s = {**_STUDY_DEFAULTS, **study}
-    g = {**_GRID_DEFAULTS, **grid}
 
     def key(name: str, section: str = "study") -> str:
         return f"{origin}: [{section}] {name}"
 
     from snn_deploy.attack import ATTACKS
-    from snn_deploy.coding import ENCODERS
     from snn_deploy.data import DATASETS
     from snn_deploy.profiles import load_profile
-    from snn_deploy.train.rules import RULES
 
     _typed(s, "name", str, key)
     _choice(s["dataset"], DATASETS, key("dataset"))
@@ -217,23 +258,52 @@ def parse_study(data: dict, *, origin: str = "study") -> StudyConfig:
     if spiky and any(e != int(e) for e in eps):
         raise UserError(f"{key('eps')}: {spiky[0]} counts spikes per sample, so every eps must be"
                         f" a whole number, got {eps}")
-    for enc in _list(g["encoding"], key("encoding", "grid")):
-        _choice(enc, ENCODERS, key("encoding", "grid"))
-    for rule in _list(g["rule"], key("rule", "grid")):
-        _choice(rule, RULES, key("rule", "grid"))
-    for rec in _list(g["recurrent"], key("recurrent", "grid")):
-        if not isinstance(rec, bool):
-            raise UserError(f"{key('recurrent', 'grid')}: use true or false, got {rec!r}")
-    for reg in _list(g["regulariser"], key("regulariser", "grid")):
-        _check_regulariser(reg, key("regulariser", "grid"))
+    raw = data.get("grid", {})
+    tables = raw if isinstance(raw, list) else [raw]
+    if not tables:
+        raise UserError(f"{origin}: [[grid]] must hold at least one table")
+    grids = tuple(_parse_grid(t, origin if len(tables) == 1 else f"{origin}: grid {i + 1}")
+                  for i, t in enumerate(tables))
     return StudyConfig(
         name=s["name"], dataset=s["dataset"], profile=s["profile"], backend=s["backend"],
         seeds=tuple(seeds), steps=s["steps"], epochs=s["epochs"], hidden=tuple(hidden),
         lr=float(s["lr"]), batch_size=s["batch_size"], limit=s["limit"],
         attacks=tuple(s["attacks"]), eps=tuple(float(e) for e in eps),
         iterations=s["iterations"], perturbation_sigma=float(s["perturbation_sigma"]),
-        encoding=tuple(g["encoding"]), rule=tuple(g["rule"]), recurrent=tuple(g["recurrent"]),
-        regulariser=tuple(g["regulariser"]))
+        grids=grids)
+
+
+def _parse_grid(table: object, origin: str) -> Grid:
+    """Validate one [grid] table; missing axes take their single default value."""
+    from snn_deploy.coding import ENCODERS
+    from snn_deploy.train.rules import RULES
+
+    if not isinstance(table, dict):
+        raise UserError(f"{origin}: [grid] must be a table or an array of tables")
+    _no_unknown(table, set(_GRID_DEFAULTS), f"{origin}: [grid]")
+    g = {**_GRID_DEFAULTS, **table}
+
+    def key(name: str) -> str:
+        return f"{origin}: [grid] {name}"
+
+    for enc in _list(g["encoding"], key("encoding")):
+        _choice(enc, ENCODERS, key("encoding"))
+    for loss in _list(g["loss"], key("loss")):
+        if not isinstance(loss, str):
+            raise UserError(f"{key('loss')}: expected a string like 'first_spike', got {loss!r}")
+        try:
+            loss_keywords(loss)
+        except UserError as exc:
+            raise UserError(f"{key('loss')}: {exc}") from None
+    for rule in _list(g["rule"], key("rule")):
+        _choice(rule, RULES, key("rule"))
+    for rec in _list(g["recurrent"], key("recurrent")):
+        if not isinstance(rec, bool):
+            raise UserError(f"{key('recurrent')}: use true or false, got {rec!r}")
+    for reg in _list(g["regulariser"], key("regulariser")):
+        _check_regulariser(reg, key("regulariser"))
+    return Grid(encoding=tuple(g["encoding"]), loss=tuple(g["loss"]), rule=tuple(g["rule"]),
+                recurrent=tuple(g["recurrent"]), regulariser=tuple(g["regulariser"]))
 
 
 def _table(data: dict, name: str, origin: str) -> dict:
@@ -365,7 +435,7 @@ def run_cell(config: StudyConfig, cell: Cell, models_dir: Path, *, say: Progress
     result = api.train(dataset=config.dataset, hidden=config.hidden, encoding=cell.encoding,
                        steps=config.steps, epochs=config.epochs, seed=cell.seed, lr=config.lr,
                        batch_size=config.batch_size, recurrent=cell.recurrent, rule=cell.rule,
-                       **regulariser_keywords(cell.regulariser))
+                       **loss_keywords(cell.loss), **regulariser_keywords(cell.regulariser))
     save_checkpoint(result.model, stem.with_suffix(".pt"), extra={
         "seed": cell.seed, "epochs": config.epochs, "test_accuracy": result.test_accuracy,
         "options": dataclasses.asdict(result.options)})
@@ -421,7 +491,7 @@ def _write_json(record: dict, path: Path) -> None:
 
 # --- aggregation and output --------------------------------------------------------------------
 
-GRID_COLUMNS = ("encoding", "rule", "recurrent", "regulariser")
+GRID_COLUMNS = ("encoding", "loss", "rule", "recurrent", "regulariser")
 
 
 def aggregate(records: list[dict], metrics: list[str]) -> list[dict]:
@@ -461,20 +531,23 @@ def _cell_text(mean: float, std: float, digits: int) -> str:
 
 def write_markdown(rows: list[dict], path: Path, *, config: StudyConfig) -> None:
     metrics = metric_names(config)
-    header = ["encoding", "rule", "recurrent", "regulariser", "seeds", *metrics]
+    header = [*GRID_COLUMNS, "seeds", *metrics]
     lines = [f"# Study {config.name}: {config.dataset} on {config.profile} ({config.backend})", "",
              f"Mean ± sample std over seeds {list(config.seeds)}; {config.limit} test samples;"
              f" attacks {', '.join(config.attacks)} ({config.iterations} iterations, L-inf eps in"
              f" the input range [0, 1]); perturbation MS under gaussian:{config.perturbation_sigma:g}"
-             f" (volts^2); energy in nJ per sample.", "",
+             f" (volts^2); energy in nJ per sample. Every accuracy is read with the cell's decoder"
+             f" (loss: count = spike count, first_spike = earliest output spike, max_membrane ="
+             f" largest output membrane; LOSS:BETA its logit scale).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         seeds = f"{row['seeds_ok']}" + (f" ({row['seeds_failed']} failed)" if row["seeds_failed"] else "")
         values = [_cell_text(row[f"{m}_mean"], row[f"{m}_std"],
                              3 if "accuracy" in m or m.startswith("robust") else 4 if m == "perturbation_ms" else 1)
                   for m in metrics]
-        lines.append("| " + " | ".join([row["encoding"], row["rule"], str(row["recurrent"]).lower(),
-                                        row["regulariser"], seeds, *values]) + " |")
+        lines.append("| " + " | ".join([row["encoding"], row["loss"], row["rule"],
+                                        str(row["recurrent"]).lower(), row["regulariser"], seeds,
+                                        *values]) + " |")
     failures = [f"- {row['group']}: {row['errors']}" for row in rows if row["errors"]]
     if failures:
         lines += ["", "Failed cells:", *failures]

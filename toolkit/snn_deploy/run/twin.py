@@ -8,8 +8,8 @@ selectable shape and width; the width is relative to the threshold, ``x = (v - t
 
 Gradients reach the input (for attacks), and each layer's float ``weights``, ``vth`` and ``bias``
 parameters (for re-tuning); ``quantized()`` gives back the integers the forward pass used.
-Recurrent weights are constants of the twin, and the spikes a recurrent layer carries from the
-previous sample (``run.emulator.LayerTrace.carry_in``) are passed in, detached.
+Recurrent weights are constants of the twin. Every sample starts from rest, with no spikes on a
+recurrent synapse, as on the emulator and lava-sim (run/lava_sim.py).
 """
 
 from __future__ import annotations
@@ -215,13 +215,9 @@ class EmulatorTwin(torch.nn.Module):
         peak = float(grid.abs().sum(dim=1).max()) * 2.0 ** rec.weight_exp + 1.0
         return grid, rec.weight_exp, peak
 
-    def forward(self, x: torch.Tensor, carries: list[torch.Tensor | None] | None = None
-                ) -> TwinOutput:
-        """(T, B, n) input in [0, 1] (spikes or graded values) -> spikes of every layer.
-
-        ``carries[k]`` (B, n) is what recurrent layer k's first step receives on its recurrent
-        synapse (``run.emulator.LayerTrace.carry_in``); zeros when not given.
-        """
+    def forward(self, x: torch.Tensor) -> TwinOutput:
+        """(T, B, n) input in [0, 1] (spikes or graded values) -> spikes of every layer and the
+        output layer's pre-reset membrane."""
         p = self.dep.profile
         steps, batch = x.shape[0], x.shape[1]
         x = x.reshape(steps, batch, -1).to(torch.float64)
@@ -264,9 +260,6 @@ class EmulatorTwin(torch.nn.Module):
             u = torch.zeros(batch, layer.size, dtype=torch.float64, device=x.device)
             v = torch.zeros_like(u)
             z_prev = torch.zeros_like(u)
-            carry = carries[k] if carries is not None else None
-            if carry is not None:
-                z_prev = carry.to(torch.float64).detach()
             spikes, membrane = [], []
             last = k == len(self.dep.layers) - 1
             has_bias = bias.requires_grad or bias_peak > 0

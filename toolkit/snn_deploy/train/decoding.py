@@ -23,11 +23,14 @@ metadata and the Deployment's coding).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Callable
 
 import torch
 
 from snn_deploy.coding import spike_count
+from snn_deploy.errors import UserError
 
 
 def first_spike_times(spikes: torch.Tensor) -> torch.Tensor:
@@ -75,6 +78,36 @@ def decoder_logits(spikes: torch.Tensor, *, decoder: str, beta: float,
             raise ValueError(f"the {decoder} decoder needs the output layer's membrane potential")
         return DECODERS[decoder](membrane, beta=beta)
     return DECODERS[decoder](spikes, beta=beta)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderSpec:
+    """The output decoder a model was trained for: a key of ``DECODERS`` and its logit scale beta
+    (1 / step for first_spike, 1 / threshold for max_membrane; spike_count ignores it)."""
+
+    name: str = "spike_count"
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in DECODERS:
+            raise UserError(f"unknown decoder {self.name!r}: known are {', '.join(DECODERS)}")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise UserError(f"decoder beta must be finite and > 0, got {self.beta}")
+
+    @classmethod
+    def of(cls, coding: dict) -> DecoderSpec:
+        """The decoder named by a coding dict (NIR metadata, a Deployment's coding); without a
+        "decoder" entry, spike_count; without "decoder_beta", 1."""
+        return cls(name=str(coding.get("decoder", "spike_count")),
+                   beta=float(coding.get("decoder_beta", 1.0)))
+
+    @property
+    def reads_membrane(self) -> bool:
+        return self.name in MEMBRANE_DECODERS
+
+    def logits(self, spikes: torch.Tensor, membrane: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, B, C) output spikes (and membrane) -> (B, C) logits, differentiable."""
+        return decoder_logits(spikes, decoder=self.name, beta=self.beta, membrane=membrane)
 
 
 def decoder_predict(spikes: torch.Tensor, *, decoder: str,
