@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from snn_deploy import api
 from snn_deploy.convert.lowering import compose
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir
+from snn_deploy.convert.nirgraph import graph_to_network, read_nir, with_reset
 from snn_deploy.errors import UnsupportedNode, UserError
 from snn_deploy.quantize.deployment import save_deployment
 from snn_deploy.run.emulator import run_emulator
@@ -303,3 +303,47 @@ def test_conv_graph_emulator_equals_lava_sim(tmp_path, threshold):
     # >= 0.99 here); quantization may move single spikes, not the pattern
     for a, b in zip(flt.counts, emu.counts):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+
+
+def _one_if(theta: float = 1.0) -> nir.NIRGraph:
+    nodes = {"input": nir.Input(input_type={"input": np.array([1])}),
+             "w": nir.Linear(weight=np.ones((1, 1), np.float32)),
+             "n": nir.IF(r=np.ones(1), v_threshold=np.full(1, theta)),
+             "output": nir.Output(output_type={"output": np.array([1])})}
+    return nir.NIRGraph(nodes=nodes, edges=[("input", "w"), ("w", "n"), ("n", "output")],
+                        type_check=False)
+
+
+@pytest.mark.parametrize("reset, spikes", [
+    ("zero", [1, 0, 0, 1, 0]),  # NIR: v 2.5 -> 0, 0, 0.2, 1.2 -> 0, 0.9
+    # snnTorch: 2.5 -> 1.5, which stays above 1, so the next spike needs v > 2: 1.5, 1.7,
+    # 2.7 -> 1.7, 2.6 -> 1.6 (plain subtraction would give 1, 1, 0, 1, 1)
+    ("subtract", [1, 0, 0, 1, 1]),
+    ("sinabs", [2, 0, 0, 1, 1]),  # floor(2.5) = 2 spikes -> 0.5, 0.5, 0.7, 1.7 -> 0.7, 1.6 -> 0.6
+])
+def test_source_resets_follow_their_frameworks_rules(reset, spikes):
+    """One IF (theta 1) on graded input 2.5, 0, 0.2, 1.0, 0.9: NIR's reset, snnTorch's
+    subtraction with its double-reset guard, Sinabs' MultiSpike with MembraneSubtract."""
+    net = with_reset(graph_to_network(_one_if()), reset)
+    x = torch.tensor([2.5, 0.0, 0.2, 1.0, 0.9]).reshape(5, 1, 1)
+    got = run_float(net, x).recording.output[:, 0, 0].tolist()
+    assert got == spikes
+
+
+def test_sinabs_floor_and_plain_subtraction_differ_from_nir():
+    """Sinabs floors an IF's v at -theta (min_v_mem): after strong inhibition it recovers at once;
+    NIR's IF (and Loihi's) integrates the whole deficit first."""
+    net = graph_to_network(_one_if())
+    x = torch.tensor([-5.0, 1.5, 1.5]).reshape(3, 1, 1)
+    assert run_float(net, x).recording.output[:, 0, 0].tolist() == [0, 0, 0]  # v -5, -3.5, -2
+    sinabs = with_reset(net, "sinabs")
+    assert run_float(sinabs, x).recording.output[:, 0, 0].tolist() == [0, 0, 2]  # -1, 0.5, 2
+
+
+def test_an_unknown_w_in_is_read_as_norses_jump_and_noted():
+    graph = _recurrent_graph(w_in_rule="norse", nested=False)
+    lif = graph.nodes["block.lif"]
+    lif.w_in = np.full_like(lif.w_in, 0.5)
+    net = graph_to_network(graph)
+    assert any("neither 1 (Norse) nor tau_syn/dt" in note for note in net.notes)
+    np.testing.assert_allclose(net.layers[0].spec.w_in, 0.5)

@@ -11,7 +11,7 @@ from snn_deploy.convert.nirgraph import FloatLayer, NeuronSpec
 from snn_deploy.errors import InputFileError, QuantizationError
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.deployment import load_deployment, save_deployment
-from snn_deploy.quantize.fixed_point import quantize_layer, sign_mode_of, weight_grid
+from snn_deploy.quantize.fixed_point import bias_transient, quantize_layer, sign_mode_of, weight_grid
 
 PROFILE = load_profile("loihi2")
 DT = 1e-3
@@ -149,3 +149,26 @@ def test_deployment_file_round_trip(small_model_files, tmp_path):
 def test_a_nir_file_is_not_a_deployment(small_model_files):
     with pytest.raises(InputFileError, match="not an snn-deploy deployment"):
         load_deployment(small_model_files["nir"])
+
+
+@pytest.mark.parametrize("syn_keep, v_keep", [(0.55, 0.9), (0.5, 1.0), (0.8, 0.45)])
+def test_bias_transient_is_the_largest_gap_to_nirs_ramp(syn_keep, v_keep):
+    """NIR: I_t = k I + b, v_t = v_keep v + g I; Loihi: v_t = v_keep v + g b / (1 - k)."""
+    drive = np.array([0.7, -2.0])  # g * b per neuron
+    peak, step = bias_transient(drive, syn_keep=syn_keep, v_keep=v_keep)
+    current, v_nir, v_loihi, gaps = np.zeros(2), np.zeros(2), np.zeros(2), []
+    for _ in range(400):
+        current = syn_keep * current + drive
+        v_nir = v_keep * v_nir + current
+        v_loihi = v_keep * v_loihi + drive / (1 - syn_keep)
+        gaps.append(np.abs(v_loihi - v_nir).max())
+    assert peak == pytest.approx(max(gaps), rel=1e-6)
+    assert gaps[step - 1] == pytest.approx(peak, rel=1e-6)
+    if v_keep == 1.0:  # an IF keeps the whole gap: g b k / (1 - k)^2
+        assert peak == pytest.approx(2.0 * syn_keep / (1 - syn_keep) ** 2, rel=1e-6)
+
+
+def test_a_bias_into_a_persistent_current_warns_with_its_size():
+    layer = _layer(np.ones((2, 2)), bias=np.array([0.5, -1.0]))
+    with pytest.warns(UserWarning, match=r"steady state.*moves v by up to [0-9.]+ threshold\(s\)"):
+        _quantize(layer)

@@ -13,7 +13,14 @@ import torch
 
 from snn_deploy.coding import BINARY_ENCODINGS, ENCODERS, encode, encoded_width
 from snn_deploy.convert.export import model_to_nir, write_nir
-from snn_deploy.convert.nirgraph import RESETS, FloatNetwork, graph_to_network, read_nir, with_reset
+from snn_deploy.convert.nirgraph import (
+    RESETS,
+    SOURCE_RESETS,
+    FloatNetwork,
+    graph_to_network,
+    read_nir,
+    with_reset,
+)
 from snn_deploy.data import load_dataset
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.profiles import load_profile
@@ -43,8 +50,9 @@ def train(*, dataset: str, hidden: tuple[int, ...], encoding: str, steps: int, e
     """Train the reference Norse LIF network on a data set.
 
     ``recurrent``: hidden layers with recurrent weights (exported as NIR cycles). ``rule``: bptt,
-    decolle or eprop (``train.rules``). ``loss``: count or first_spike, which also sets the decoder
-    recorded in the checkpoint ("spike_count" or "first_spike"; logits -decoder_beta * t_first).
+    decolle or eprop (``train.rules``). ``loss``: count, first_spike or max_membrane, which also
+    sets the decoder recorded in the checkpoint ("spike_count"; "first_spike": logits
+    -decoder_beta * t_first; "max_membrane": logits decoder_beta * max_t v_t / v_th; coding.md).
     Stability (``train.bptt``): ``noise_sigma`` (Gaussian-noise training) or ``adversarial`` fgsm|pgd
     with ``eps`` and ``attack_steps``; ``kappa`` weighs the clean loss against the perturbed one;
     ``perturbation_weight`` is alpha of the membrane-perturbation regulariser. ``init``: auto (wake
@@ -134,34 +142,55 @@ class DeployResult:
     retuning: RetuneResult | None = None
     fidelity: tuple[FidelityLayer, ...] = ()  # on the calibration input; empty without data
     notes: tuple[str, ...] = ()  # how the NIR import read the writer's conventions
+    source_effect: SourceEffect | None = None  # with a source_reset other than "zero"
 
 
 def calibration_input(network: FloatNetwork, *, dataset: str | None, calibration: str | None,
                       seed: int) -> torch.Tensor | None:
-    """Encoded calibration input (T, N, n) from a data set's train split or a .npy file."""
+    """Encoded calibration input (T, N, n) from a data set's train split or a .npy file.
+
+    A file holds either values in [0, 1], (N, n) or (N, *input_shape), which the graph's own
+    coding (its metadata, else rate coding over 32 steps) turns into spikes, or input already
+    encoded, (T, N, n) or (T, N, *input_shape): 0/1 spikes, or levels in [0, 1] for a graph with
+    graded (direct-coded) input.
+    """
     coding = network.coding
     encoding, steps = str(coding.get("encoding", "rate")), int(coding.get("steps", 32))
     if dataset is not None and calibration is not None:
         raise UserError("give --dataset or --calibration, not both")
+    shape = network.shape
+    layouts = "(N, n) or (N, *input) values, (T, N, n) or (T, N, *input) spikes"
+    want = f"input {shape}, n = {network.input_size}"
     if dataset is not None:
         x = load_dataset(dataset).x_train[:CALIBRATION_SAMPLES]
+        what = f"the {dataset} data set"
     elif calibration is not None:
         raw = load_npy(calibration)
-        shape = network.shape
-        if raw.ndim == len(shape) + 2 and tuple(raw.shape[2:]) == shape or \
-                raw.ndim == 3 and raw.shape[2] == network.input_size:  # encoded (T, N, *shape)
+        what = str(calibration)
+        encoded = raw.ndim == len(shape) + 2 and tuple(raw.shape[2:]) == shape or \
+            raw.ndim == 3 and raw.shape[2] == network.input_size
+        if raw.ndim < 2 or 0 in raw.shape:
+            raise UserError(f"{what}: calibration data of shape {raw.shape}: give {layouts}"
+                            f" ({want})")
+        if encoded:
+            graded = encoding not in BINARY_ENCODINGS
+            if not graded and not np.isin(raw, (0, 1)).all():
+                raise UserError(f"{what}: encoded calibration input {raw.shape} for a graph that"
+                                " takes spikes holds values other than 0 and 1")
             x = torch.from_numpy(raw.reshape(raw.shape[0], raw.shape[1], -1)).to(torch.float32)
-        else:  # (N, *features) values in [0, 1]
+        else:
             x = torch.from_numpy(raw.reshape(len(raw), -1)).to(torch.float32)
+        if x.min() < 0 or x.max() > 1:
+            raise UserError(f"{what}: calibration values must lie in [0, 1], got"
+                            f" {float(x.min()):.4g}..{float(x.max()):.4g}")
     else:
         return None
     if x.ndim == 2:  # values -> the graph's own coding
         x = encode(x, encoding=encoding, steps=steps, seed=seed)
     x = x.reshape(x.shape[0], x.shape[1], -1)
     if x.shape[-1] != network.input_size:
-        raise UserError(
-            f"calibration data has {x.shape[-1]} features, the graph takes {network.input_size}"
-        )
+        raise UserError(f"{what} gives {x.shape[-1]} input channels after {encoding} coding, the"
+                        f" graph takes {network.input_size} ({want}): give {layouts}")
     return x
 
 
@@ -181,19 +210,52 @@ def load_npy(path: str | Path) -> np.ndarray:
     return arr
 
 
-def reset_effect(network: FloatNetwork, x: torch.Tensor) -> str:
-    """What resetting by subtraction (the source model) instead of to zero (NIR, Loihi 2) changes
-    in the float graph on input ``x`` (T, B, n): relative change of each layer's spike count and
-    the share of samples whose output argmax (spike count) stays the same."""
-    zero = run_float(network, x).recording
-    sub = run_float(with_reset(network, "subtract"), x).recording
-    changes = []
-    for name, a, b in zip(zero.layer_names, zero.counts, sub.counts):
-        total = max(int(b.sum()), 1)
-        changes.append(f"{name} {100 * (int(a.sum()) - int(b.sum())) / total:+.1f}%")
-    same = float(np.mean(zero.counts[-1].argmax(axis=1) == sub.counts[-1].argmax(axis=1)))
-    return (f"spike counts with reset to zero vs by subtraction: {', '.join(changes)}; output"
-            f" argmax unchanged on {100 * same:.1f}% of {x.shape[1]} samples")
+@dataclasses.dataclass(frozen=True)
+class SourceEffect:
+    """What running the graph as its source model did (``source_reset``) instead of as NIR and a
+    Loihi 2 LIF do (reset to v_reset, one spike per step) changes in the float graph.
+
+    ``layer_change``: per layer (name, relative change of the total spike count, NIR vs source);
+    ``count_corr``: Pearson correlation of the output spike counts over (sample, neuron);
+    ``argmax_same``: share of samples whose output argmax (spike count) is the same.
+    """
+
+    source_reset: str
+    where: str
+    samples: int
+    layer_change: tuple[tuple[str, float], ...]
+    count_corr: float
+    argmax_same: float
+
+    def message(self) -> str:
+        changes = ", ".join(f"{name} {100 * c:+.1f}%" for name, c in self.layer_change)
+        return (f"the source model ran its neurons as {self.source_reset!r}"
+                f" ({SOURCE_RESETS[self.source_reset]}), NIR and a Loihi 2 LIF reset to v_reset"
+                f" with one spike per step: on {self.where}, spike counts NIR vs source: {changes};"
+                f" output spike counts correlate {self.count_corr:.3f}, output argmax unchanged"
+                f" on {100 * self.argmax_same:.1f}% of {self.samples} samples")
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two count arrays; 1 when both are constant and equal, else 0."""
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def reset_effect(network: FloatNetwork, x: torch.Tensor, *, source_reset: str = "subtract",
+                 where: str = "the given input") -> SourceEffect:
+    """What running the neurons as the source model did (``SOURCE_RESETS``) instead of resetting
+    to v_reset (NIR, Loihi 2) changes in the float graph on input ``x`` (T, B, n)."""
+    nir_run = run_float(network, x).recording
+    src = run_float(with_reset(network, source_reset), x).recording
+    changes = tuple((name, (int(a.sum()) - int(b.sum())) / max(int(b.sum()), 1))
+                    for name, a, b in zip(nir_run.layer_names, nir_run.counts, src.counts))
+    same = float(np.mean(nir_run.counts[-1].argmax(axis=1) == src.counts[-1].argmax(axis=1)))
+    return SourceEffect(source_reset=source_reset, where=where, samples=int(x.shape[1]),
+                        layer_change=changes, count_corr=_corr(nir_run.counts[-1], src.counts[-1]),
+                        argmax_same=same)
 
 
 def random_spikes(network: FloatNetwork, *, seed: int, samples: int = EFFECT_SAMPLES,
@@ -209,10 +271,12 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
     """NIR file -> Deployment for a profile, calibrated on data when it is given, and re-tuned
     after quantization (``retune_mode``: none, rate, grad or robust; see quantize/retune.py).
 
-    ``source_reset``: how the model that the graph came from reset its neurons. NIR (and Loihi 2)
-    reset v to v_reset; a writer whose model reset by subtraction (snnTorch's "subtract", Sinabs'
-    ``MembraneSubtract``) cannot say so in NIR. With "subtract", the warnings include what the
-    difference does to the float graph's spike counts, on the calibration input or random spikes.
+    ``source_reset``: how the model that the graph came from reset its neurons
+    (``convert.nirgraph.SOURCE_RESETS``). NIR (and Loihi 2) reset v to v_reset with one spike per
+    step; a model that reset by subtraction (snnTorch's "subtract") or ran as Sinabs does
+    (several spikes per step, subtraction, a floor under an IF's v) cannot say so in NIR. With
+    any but "zero", the warnings say what the difference does to the float graph's spike counts,
+    on the calibration input or on random spikes, and ``source_effect`` holds the figures.
     """
     if source_reset not in RESETS:
         raise UserError(f"unknown --source-reset {source_reset!r}: choose from {', '.join(RESETS)}")
@@ -227,20 +291,22 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
     network = graph_to_network(read_nir(nir_path), dt=dt)
     source = nir_path.read_bytes()
     x = calibration_input(network, dataset=dataset, calibration=calibration, seed=seed)
-    if x is not None:
-        u_peaks = list(run_float(network, x).u_peaks)
+    float_run = run_float(network, x) if x is not None else None
+    if x is not None and float_run is not None:
+        u_peaks: list[float] | None = list(float_run.u_peaks)
         how = f"{dataset or calibration}: {x.shape[1]} samples x {x.shape[0]} steps, seed {seed}"
     else:
         u_peaks, how = None, "weights only (worst-case current bound)"
     encoding = str(network.coding.get("encoding", "rate"))
+    effect = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if source_reset == "subtract":
+        if source_reset != "zero":
             probe = x if x is not None else random_spikes(network, seed=seed)
             where = how if x is not None else (f"random spikes, p = {EFFECT_RATE}, {EFFECT_SAMPLES}"
-                                               f" x {EFFECT_STEPS} steps, seed {seed}")
-            warnings.warn("the source model reset by subtraction, NIR and a Loihi 2 LIF reset to"
-                          f" zero: on {where}, " + reset_effect(network, probe), stacklevel=2)
+                                               f" samples x {EFFECT_STEPS} steps, seed {seed}")
+            effect = reset_effect(network, probe, source_reset=source_reset, where=where)
+            warnings.warn(effect.message(), stacklevel=2)
         dep = quantize_network(
             network, prof, graded_input=encoding not in BINARY_ENCODINGS, u_peaks=u_peaks,
             source_sha256=hashlib.sha256(source).hexdigest(), source_nir=source, calibration=how,
@@ -251,11 +317,12 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
                          seed=seed)
         dep = tuning.deployment
     report: tuple[FidelityLayer, ...] = ()
-    if x is not None:
-        report = fidelity(dep, network, float_counts=run_float(network, x).recording.counts,
+    if x is not None and float_run is not None:
+        report = fidelity(dep, network, float_counts=float_run.recording.counts,
                           fixed_counts=run_emulator(dep, x).counts, steps=x.shape[0])
     return DeployResult(deployment=dep, warnings=tuple(str(w.message) for w in caught),
-                        retuning=tuning, fidelity=report, notes=network.notes)
+                        retuning=tuning, fidelity=report, notes=network.notes,
+                        source_effect=effect)
 
 
 def _retune(dep: Deployment, network: FloatNetwork, *, mode: str, dataset: str | None,

@@ -251,10 +251,12 @@ def export(checkpoint, out) -> None:
               default="none", show_default=True,
               help="Re-tune after quantization on --dataset: thresholds to the float rates (rate),"
                    " thresholds and weights for the task loss (grad) or an adversarial one (robust).")
-@click.option("--source-reset", type=click.Choice(["zero", "subtract"]), default="zero",
+@click.option("--source-reset", type=click.Choice(["zero", "subtract", "sinabs"]), default="zero",
               show_default=True,
-              help="How the model the graph came from reset its neurons (NIR cannot say): with"
-                   " subtract, a warning measures what Loihi's reset to zero changes.")
+              help="How the model the graph came from reset its neurons (NIR cannot say): zero"
+                   " (NIR, Loihi 2), subtract (v - threshold: snnTorch reset_mechanism='subtract'),"
+                   " sinabs (Sinabs' several spikes per step, subtraction, IF floored at"
+                   " -threshold). Other than zero, a warning measures what Loihi's reset changes.")
 def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune_mode,
            source_reset) -> None:
     """Quantize a NIR graph for a hardware profile and write a Deployment."""
@@ -631,8 +633,9 @@ def resources(deployment, profile, json_out) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: study_out/<study name>); finished cells are skipped.")
 def study(config_path, out_dir) -> None:
-    """Train a grid (coding x rule x recurrence x regulariser x seeds), deploy every cell, attack
-    it on the backend, and write study.csv, study.md and study.png (mean and spread over seeds)."""
+    """Train a grid (coding x decoder x rule x recurrence x regulariser x seeds), deploy every cell,
+    attack it on the backend with its own decoder, and write study.csv, study.md and study.png
+    (mean and spread over seeds)."""
     from snn_deploy.evaluate.study import load_study, run_study
 
     config = load_study(config_path)

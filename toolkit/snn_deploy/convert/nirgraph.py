@@ -13,7 +13,11 @@ Writers differ in how a CubaLIF's ``w_in`` is meant (docs/nir-import.md). Norse 
 exporter) write ``w_in = 1`` and add the input to the current as above. snnTorch writes
 ``w_in = tau_syn/dt`` and ``r = tau_mem/dt``, i.e. NIR's ODE ``tau_syn dI/dt = -I + w_in x`` under
 forward Euler, ``I_t = syn_keep I_{t-1} + (dt/tau_syn) w_in x_t``: a CubaLIF whose w_in equals
-tau_syn/dt (and is not 1) is read that way, and the import notes it.
+tau_syn/dt (and is not 1) is read that way, and the import notes it; any other w_in is read as
+Norse's jump and noted too. (snnTorch's ``r = tau/dt`` needs nothing special: mem_gain * r = 1.)
+
+How the source model reset (reset to v_reset, by subtraction, or Sinabs' several spikes per step)
+is not in NIR: ``SOURCE_RESETS`` names the variants the float backend can run for comparison.
 
 Between two neurons any run of linear nodes (Affine, Linear, Scale, Conv1d/2d, SumPool2d,
 AvgPool2d, Flatten, Identity) is composed into one weight matrix (``convert.lowering``); nested
@@ -46,7 +50,20 @@ REFUSED = {
 }
 # Relative tolerance for recognising snnTorch's w_in = tau_syn/dt (float32 files: ~1e-7).
 CONVENTION_RTOL = 1e-3
-RESETS = ("zero", "subtract")
+# How the model a graph came from generated spikes and reset, which NIR cannot say (a NIR neuron
+# resets to v_reset, one spike per step on v > v_threshold). The float backend runs each of them,
+# so that deploy can measure what Loihi 2's reset to zero changes (docs/nir-import.md).
+SOURCE_RESETS = {
+    "zero": "v <- v_reset on a spike (NIR's definition; Norse; snnTorch reset_mechanism='zero',"
+            " reset_delay=False; a Loihi 2 LIF)",
+    "subtract": "v <- v - v_threshold in the step of the spike, as snnTorch's"
+                " reset_mechanism='subtract', reset_delay=False does it (while v stays above"
+                " v_threshold after a subtraction, the next spike needs v > 2 v_threshold)",
+    "sinabs": "Sinabs' neurons as sinabs.nir.from_nir builds them (MultiSpike, MembraneSubtract):"
+              " floor(v / v_threshold) spikes when v >= v_threshold, v <- v - spikes * v_threshold,"
+              " and an IF's v floored at -v_threshold (min_v_mem)",
+}
+RESETS = tuple(SOURCE_RESETS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +79,10 @@ class NeuronSpec:
     v_leak: np.ndarray
     v_threshold: np.ndarray
     v_reset: np.ndarray
-    reset: str = "zero"  # "subtract": v <- v - v_threshold on a spike (not NIR; for comparisons)
+    # The source model's semantics where they are not NIR's (SOURCE_RESETS; for comparisons):
+    reset: str = "zero"  # "subtract": v <- v - v_threshold * spikes
+    multi_spike: bool = False  # floor(v / v_threshold) spikes per step where v >= v_threshold
+    v_min: np.ndarray | None = None  # v floored at v_min after every step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +126,19 @@ class FloatNetwork:
         return self.input_shape or (self.input_size,)
 
 
+def _source_spec(spec: NeuronSpec, reset: str) -> NeuronSpec:
+    if reset == "sinabs":  # sinabs.nir.from_nir: IAFSqueeze(min_v_mem=-v_threshold, ...)
+        floor = -spec.v_threshold if spec.kind == "IF" else None
+        return dataclasses.replace(spec, reset="subtract", multi_spike=True, v_min=floor)
+    return dataclasses.replace(spec, reset=reset, multi_spike=False, v_min=None)
+
+
 def with_reset(net: FloatNetwork, reset: str) -> FloatNetwork:
-    """The same network with every neuron reset to ``v_reset`` ("zero") or by subtraction."""
-    if reset not in RESETS:
+    """The same network with every neuron run as the source model ran it (``SOURCE_RESETS``):
+    reset to ``v_reset`` ("zero", NIR's own definition), by subtraction, or as Sinabs does."""
+    if reset not in SOURCE_RESETS:
         raise UserError(f"unknown reset {reset!r}: choose from {', '.join(RESETS)}")
-    layers = tuple(dataclasses.replace(layer, spec=dataclasses.replace(layer.spec, reset=reset))
+    layers = tuple(dataclasses.replace(layer, spec=_source_spec(layer.spec, reset))
                    for layer in net.layers)
     return dataclasses.replace(net, layers=layers)
 
@@ -192,6 +220,10 @@ def neuron_spec(node: nir.NIRNode, n: int, dt: float, name: str,
                                  f" ({float(np.median(w_in)):.4g} at dt = {dt:g} s), read as NIR's"
                                  " Euler form (snnTorch): I = syn_keep I + (dt/tau_syn) w_in x")
                 w_in = w_in * dt / tau_syn
+            elif not np.allclose(w_in, 1.0) and notes is not None:
+                notes.append(f"node {name!r} (CubaLIF): w_in = {float(np.median(w_in)):.4g} is"
+                             f" neither 1 (Norse) nor tau_syn/dt ({float(np.median(tau_syn)) / dt:.4g},"
+                             " snnTorch): read as Norse's jump I = syn_keep I + w_in x")
         return NeuronSpec(
             kind=kind, syn_keep=syn_keep, mem_gain=dt / tau_mem, leak=True,
             r=_param(node, "r", n, 1.0), w_in=w_in,

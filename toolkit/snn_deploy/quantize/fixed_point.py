@@ -131,6 +131,28 @@ def _recurrent(layer: FloatLayer, profile: Profile, gain: np.ndarray, scale: flo
                             num_weight_bits=profile.num_weight_bits), saturated
 
 
+def bias_transient(drive: np.ndarray, *, syn_keep: float, v_keep: float) -> tuple[float, int]:
+    """Largest |v difference| (float voltage units) and the step it occurs at, between a bias that
+    enters the current (NIR) and its steady state added to v from the first step (Loihi 2):
+
+        e_t = b k^t / (1 - k)   (the current NIR lacks at step t, k = syn_keep)
+        d_t = v_keep d_{t-1} + gain e_t,   d_0 = 0
+
+    ``drive`` is gain * b per neuron; v_keep is 1 - mem_gain (1 for an IF); spikes are ignored.
+    """
+    excess = np.abs(drive) / (1.0 - syn_keep)
+    d = np.zeros_like(excess)
+    peak, at, t = 0.0, 1, 0
+    while True:
+        t += 1
+        excess = excess * syn_keep
+        d = v_keep * d + excess
+        if float(d.max()) > peak:
+            peak, at = float(d.max()), t
+        if syn_keep ** t < 1e-9 or t >= 100_000:  # d only decays (or stays) from here on
+            return peak, at
+
+
 def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
                    input_scale: int, num_message_bits: int) -> QuantLayer:
     """Quantize one synapse->neuron layer; ``u_peak`` is the peak |u| in float voltage units."""
@@ -164,10 +186,15 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
     if spec.leak:
         bias_v = bias_v + mem_gain * (spec.v_leak - v_reset)
     if syn_keep > 0 and np.any(bias_in != 0):
+        v_keep = 1.0 - mem_gain if spec.leak else 1.0
+        peak, step = bias_transient(gain * bias_in, syn_keep=syn_keep, v_keep=v_keep)
+        when = "and keeps it (no leak)" if v_keep >= 1.0 else \
+            f"largest at step {step} of every sample, without spikes"
         warnings.warn(
             f"layer {layer.neuron!r}: the Affine bias enters the synaptic current in NIR but the"
-            f" voltage on Loihi 2; using its steady state, reached after ~{1 / (1 - syn_keep):.1f}"
-            " steps", stacklevel=2,
+            f" voltage on Loihi 2; using its steady state from the first step, which NIR's current"
+            f" reaches after ~{1 / (1 - syn_keep):.1f} steps, moves v by up to {peak / theta:.3g}"
+            f" threshold(s) from NIR's ({when})", stacklevel=2,
         )
     sign_mode = sign_mode_of(w_eff)
     grid = weight_grid(profile, sign_mode)
