@@ -185,6 +185,52 @@ def test_profiled_run_reads_out_like_lava_sim_and_keeps_the_measurement():
     assert m.energy_per_sample_nj == pytest.approx(3e-6 * 1e9 / BATCH)
 
 
+def test_evaluate_report_carries_the_chip_measurement(small_model_files, digits):
+    """What the profiler measured goes into the evaluate report next to the priced energy; the
+    other backends report ``on_chip`` None."""
+    from snn_deploy.evaluate.accuracy import evaluate_target
+    from snn_deploy.evaluate.report import evaluation_report, format_on_chip
+    from snn_deploy.run.recording import OnChipMeasurement
+    from snn_deploy.targets import load_target
+
+    target = load_target(small_model_files["deployment"])
+    ev = evaluate_target(target, digits, backend="emulator", limit=8, seed=0)
+    assert evaluation_report(ev, target=target, dataset="digits")["on_chip"] is None
+    m = OnChipMeasurement(samples=8, steps=8 * ev.steps + 2, time_s=0.25, energy_j=4e-6,
+                          static_energy_j=1e-6, source=loihi2.PROFILER_SOURCE)
+    report = evaluation_report(dataclasses.replace(ev, backend="loihi2", on_chip=m),
+                               target=target, dataset="digits")
+    chip = report["on_chip"]
+    assert chip["basis"] == "measured" and chip["samples"] == 8 and chip["steps"] == m.steps
+    assert chip["time_per_step_s"] == pytest.approx(0.25 / m.steps)
+    assert chip["energy_per_sample_nj"] == pytest.approx(500.0)
+    assert report["energy_basis"] == "proxy"  # the priced figure stays, with its own basis
+    line = format_on_chip(chip)
+    assert "\n" not in line and "500 nJ/sample" in line and "static 1e-06 J" in line
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--backend", "emulator", "--partition", "oheogulch"), "need --backend loihi2"),
+    (("--backend", "float", "--board", "ncl-og-01"), "need --backend loihi2"),
+    (("--backend", "loihi2", "--partition", "oheogulch"), "lava-loihi"),
+])
+def test_cli_partition_and_board_need_loihi2_and_lava_loihi(small_model_files, tmp_path, args,
+                                                            needle):
+    if loihi.is_installed() and args[1] == "loihi2":
+        pytest.skip("lava-loihi is installed here")
+    out = tmp_path / "r.json"
+    assert_bad_input(run_cli("evaluate", small_model_files["deployment"], *args, "--limit", 4,
+                             "--json", out, cwd=tmp_path), needle)
+    assert not out.exists()
+    np.save(tmp_path / "x.npy", np.zeros((4, 64), dtype=np.float32))
+    assert_bad_input(run_cli("run", small_model_files["deployment"], "--input", tmp_path / "x.npy",
+                             *args, "--out", tmp_path / "y.npy", cwd=tmp_path), needle)
+    assert not (tmp_path / "y.npy").exists()
+    if args[1] != "float":
+        assert_bad_input(run_cli("attack", small_model_files["deployment"], *args, "--limit", 4,
+                                 "--json", out, cwd=tmp_path), needle)
+
+
 # --------------------------------------------------------------------------------------------
 # Without Intel's lava-loihi
 

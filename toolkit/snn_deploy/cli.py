@@ -54,6 +54,27 @@ def _progress(desc: str, total: int):
                 disable=None)
 
 
+def _slurm_options(command):
+    """--partition / --board: the Loihi 2 system of Intel's cloud that a loihi2 run goes to."""
+    command = click.option("--board", default=None,
+                           help="loihi2 only: run on this board of Intel's cloud (SLURM).")(command)
+    return click.option("--partition", default=None,
+                        help="loihi2 only: run on this SLURM partition of Intel's cloud"
+                             " (default: SLURM's choice).")(command)
+
+
+def _select_host(backend: str, partition: str | None, board: str | None) -> None:
+    """Point later loihi2 runs at the partition or board (lava.utils.loihi.use_slurm_host)."""
+    if partition is None and board is None:
+        return
+    if backend != "loihi2":
+        raise UserError(f"--partition and --board choose a Loihi 2 system: they need --backend"
+                        f" loihi2, not {backend}")
+    from snn_deploy.run.loihi2 import use_slurm_host
+
+    use_slurm_host(partition=partition, board=board)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="snn-deploy")
 def cli() -> None:
@@ -345,8 +366,9 @@ def import_netx(net, profile, skip_layers, num_layers, out) -> None:
                    " of the float model under seeded Gaussian input noise (Ding et al. 2024).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the report JSON here.")
+@_slurm_options
 def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_profile,
-             perturbation, json_out) -> None:
+             perturbation, json_out, partition, board) -> None:
     """Accuracy, activity and energy of a checkpoint, NIR graph or Deployment on a backend."""
     from snn_deploy.data import load_dataset
     from snn_deploy.evaluate.accuracy import evaluate_target
@@ -360,6 +382,7 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
     from snn_deploy.evaluate.stability import Perturbation, perturbation_report
 
     noise = Perturbation.parse(perturbation) if perturbation else None
+    _select_host(backend, partition, board)
     target = load_target(model, dt=dt)
     name = dataset or str(target.coding.get("dataset", "digits"))
     split = load_dataset(name)
@@ -381,6 +404,10 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
         report.update(perturbation_report(target, split, noise, limit=limit, steps=ev.steps,
                                           seed=seed))
     _print_reports([report])
+    if report["on_chip"] is not None:
+        from snn_deploy.evaluate.report import format_on_chip
+
+        click.echo(format_on_chip(report["on_chip"]))
     if noise is not None:
         click.echo(f"membrane-potential perturbation MS under {report['perturbation']}:"
                    f" {report['perturbation_ms']:.4g} {report['perturbation_ms_unit']}")
@@ -399,7 +426,8 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
 @click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Output layer spikes (.npy, uint8), in the input's layout.")
-def run(model, input_path, backend, device, dt, out) -> None:
+@_slurm_options
+def run(model, input_path, backend, device, dt, out, partition, board) -> None:
     """Run a Deployment (or a NIR graph on float) on given input; save the output spikes."""
     import numpy as np
 
@@ -407,6 +435,7 @@ def run(model, input_path, backend, device, dt, out) -> None:
     from snn_deploy.fileio import atomic_path
 
     check_writable(out)
+    _select_host(backend, partition, board)
     result = api.run(model, input_path=input_path, backend=backend, device=_device(device), dt=dt)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
@@ -472,9 +501,10 @@ def _names(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
               help="Write the report JSON here.")
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="Write report.json, report.md and PNG plots into this folder.")
+@_slurm_options
 def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, eot, queries,
            sources, surrogate, width, ensemble, limit, dataset, seed, device, energy_profile,
-           no_checks, json_out, report_dir) -> None:
+           no_checks, json_out, report_dir, partition, board) -> None:
     """Attack a Deployment and verify every adversarial input on the target backend."""
     from snn_deploy.attack import ATTACKS, attack_names
     from snn_deploy.attack.base import AttackSettings
@@ -507,6 +537,7 @@ def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, 
         from snn_deploy.run.loihi2 import require_lava_loihi
 
         require_lava_loihi()
+    _select_host(backend, partition, board)
     settings = AttackSettings(norm=norm, iterations=iterations, restarts=restarts,
                               step_size=step_size, eot=eot, queries=queries, seed=seed)
     if json_out:

@@ -16,7 +16,7 @@ from snn_deploy.evaluate.counts import ActivityCounts, activity
 from snn_deploy.run.emulator import Emulator
 from snn_deploy.run.float_backend import LayerParams, heaviside, layer_step, run_float
 from snn_deploy.run.membrane import MembraneEmulator
-from snn_deploy.run.recording import Recording
+from snn_deploy.run.recording import OnChipMeasurement, Recording
 from snn_deploy.targets import Target
 from snn_deploy.train.decoding import DECODERS, MEMBRANE_DECODERS, DecoderSpec, decoder_predict
 from snn_deploy.train.ann import neuron_activations
@@ -43,6 +43,7 @@ class Evaluation:
     layer_names: tuple[str, ...]
     layer_sizes: tuple[int, ...]
     wall_time_s: float
+    on_chip: OnChipMeasurement | None = None  # what Lava's profiler measured (loihi2 only)
 
 
 def run_checkpoint(target: Target, x: torch.Tensor) -> Recording:
@@ -337,5 +338,5 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
         activity=activity(recording, events, weights, recurrent, steps=steps),
         layer_names=recording.layer_names,
         layer_sizes=tuple(int(c.shape[1]) for c in recording.counts),
-        wall_time_s=wall,
+        wall_time_s=wall, on_chip=recording.on_chip,
     )

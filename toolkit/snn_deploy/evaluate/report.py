@@ -10,6 +10,7 @@ from snn_deploy.evaluate.accuracy import Evaluation
 from snn_deploy.evaluate.energy import price
 from snn_deploy.fileio import atomic_path
 from snn_deploy.profiles import Profile
+from snn_deploy.run.recording import OnChipMeasurement
 from snn_deploy.targets import Target
 
 _VERSIONED = ("snn-deploy", "torch", "lava-nc", "lava-dl", "nir", "nirtorch", "norse")
@@ -59,6 +60,7 @@ def evaluation_report(ev: Evaluation, *, target: Target, dataset: str,
         "energy_basis": energy.basis if energy is not None else None,
         "energy_profile": energy.profile if energy is not None else None,
         "energy_source": energy.source if energy is not None else None,
+        "on_chip": on_chip_report(ev.on_chip),
         "encoding": ev.encoding,
         "seed": ev.seed,
         "model": str(target.path),
@@ -69,6 +71,27 @@ def evaluation_report(ev: Evaluation, *, target: Target, dataset: str,
         "wall_time_s": ev.wall_time_s,
         "versions": versions(),
     }
+
+
+def on_chip_report(m: OnChipMeasurement | None) -> dict | None:
+    """The chip profiler's measurement of a loihi2 run (basis "measured"), None on other backends:
+    a whole-run figure, static power and host I/O included, next to the priced estimate."""
+    if m is None:
+        return None
+    return {"basis": m.basis, "samples": m.samples, "steps": m.steps, "time_s": m.time_s,
+            "time_per_step_s": m.time_per_step_s, "energy_j": m.energy_j,
+            "static_energy_j": m.static_energy_j, "energy_per_sample_nj": m.energy_per_sample_nj,
+            "source": m.source}
+
+
+def format_on_chip(m: dict) -> str:
+    """One line for the CLI: the measured time and energy of a loihi2 run."""
+    energy = ("no energy reading" if m["energy_j"] is None else
+              f"energy {m['energy_j']:.4g} J ({m['energy_per_sample_nj']:.4g} nJ/sample"
+              + ("" if m["static_energy_j"] is None else f", static {m['static_energy_j']:.4g} J")
+              + ")")
+    return (f"measured on chip ({m['source']}): {m['steps']} steps in {m['time_s']:.4g} s"
+            f" ({1e6 * m['time_per_step_s']:.4g} us/step), {energy}")
 
 
 def write_json(report: dict, path: str | Path) -> None:
