@@ -272,3 +272,14 @@ def test_auto_init_leaves_a_firing_rate_model_alone():
     assert auto.init_gains == (1.0,)
     for key, value in default.model.state_dict().items():
         assert torch.equal(auto.model.state_dict()[key], value), key
+
+
+def test_gradient_retuning_refuses_a_non_count_decoder(decoded, tmp_path):
+    from tests.test_cli import assert_bad_input, run_cli
+
+    nir_path = decoded["first_spike"]["deployment"].parent / "fs.nir"
+    for mode in ("grad", "robust"):
+        out = tmp_path / f"{mode}.deploy.h5"
+        assert_bad_input(run_cli("deploy", nir_path, "--dataset", "digits", "--retune", mode,
+                                 "--out", out, cwd=tmp_path), "first_spike")
+        assert not out.exists()

@@ -289,6 +289,10 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
     prof = load_profile(profile)
     nir_path = Path(nir_path)
     network = graph_to_network(read_nir(nir_path), dt=dt)
+    decoder = str(network.coding.get("decoder", "spike_count"))
+    if retune_mode in ("grad", "robust") and decoder != "spike_count":
+        raise UserError(f"--retune {retune_mode} trains on the spike-count decoder's loss, but this"
+                        f" graph is read out by {decoder}: use --retune rate or none")
     source = nir_path.read_bytes()
     x = calibration_input(network, dataset=dataset, calibration=calibration, seed=seed)
     float_run = run_float(network, x) if x is not None else None
