@@ -201,3 +201,19 @@ def test_report_has_per_layer_energy_clean_and_adversarial(evaluator, small_mode
         assert sum(layer["spikes_per_sample"] for layer in layers) == pytest.approx(part["spikes_per_sample"])
     assert report["energy_basis"] == "proxy"
     json.dumps(report)
+
+
+def test_eot_scores_iterates_in_expectation_not_by_the_frozen_draw(evaluator):
+    assert evaluator.encoder.stochastic  # rate coding: the frozen draw is one of many
+    points = torch.arange(8)
+    x, y = evaluator.x[points], evaluator.y[points]
+    ctx = evaluator.context(SourceSpec(), AttackSettings(eot=4, seed=0))
+    _, logits = ctx.gradient(x, y, points, lambda z, t: torch.nn.functional.cross_entropy(
+        z, t, reduction="none"))
+    draws = [ctx.logits(x, points, d).detach() for d in range(4)]
+    assert torch.allclose(logits, sum(draws) / 4)
+    assert torch.allclose(ctx.expected_logits(x, points), logits)
+    assert not torch.allclose(logits, draws[0])  # the frozen draw alone scores differently
+    one = evaluator.context(SourceSpec(), AttackSettings(eot=1))
+    assert torch.equal(one.gradient(x, y, points, lambda z, t: z.sum(dim=1))[1],
+                       one.logits(x, points).detach())

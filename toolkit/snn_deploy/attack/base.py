@@ -11,7 +11,8 @@ calls as ``evaluate`` (chunks of ``BATCH`` samples seeded by (seed, chunk)), so 
 equals ``evaluate``'s, any subset of samples can be re-encoded identically, and every adversarial
 input is verified on the backend with exactly the spikes the attack saw. Gradients through the
 encoder are straight-through (a Bernoulli spike's expectation is its probability); EOT averages
-gradients over ``eot`` encoder draws (draw 0 is the frozen one).
+gradients over ``eot`` encoder draws (draw 0 is the frozen one), and attacks score their iterates
+by the logits averaged over the same draws.
 """
 
 from __future__ import annotations
@@ -118,22 +119,33 @@ class AttackContext:
         """Source logits of (B, n) inputs through the frozen encoder (differentiable in x)."""
         return self.source.spike_logits(self.encoder.differentiable(x, idx, draw))
 
+    def draws(self) -> int:
+        """Encoder draws an expectation is taken over: ``eot`` for a stochastic encoder, else 1."""
+        return self.settings.eot if self.encoder.stochastic else 1
+
+    def expected_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Source logits averaged over the EOT draws (no gradient): what an attack scores its
+        iterates by, so that with ``--eot K`` it keeps the point that is adversarial in
+        expectation, not the one that best exploits the frozen draw."""
+        with torch.no_grad():
+            return sum(self.logits(x, idx, d) for d in range(self.draws())) / self.draws()
+
     def gradient(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """EOT gradient of the per-sample ``loss(logits, y)`` summed, and the draw-0 logits."""
-        draws = self.settings.eot if self.encoder.stochastic else 1
+        """EOT gradient of the per-sample ``loss(logits, y)`` summed, and the logits averaged
+        over the same draws (``expected_logits`` of x; draw 0's alone when ``eot`` is 1)."""
+        draws = self.draws()
         grad = torch.zeros_like(x)
-        first = None
+        total = None
         for d in range(draws):
             xg = x.detach().clone().requires_grad_(True)
             z = self.logits(xg, idx, d)
             (g,) = torch.autograd.grad(loss(z, y).sum(), xg)
             grad += g / draws
-            if first is None:
-                first = z.detach()
-        assert first is not None
-        return grad, first
+            total = z.detach() if total is None else total + z.detach()
+        assert total is not None
+        return grad, total / draws
 
     def query(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         self.queries_used += len(idx)

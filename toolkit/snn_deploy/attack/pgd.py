@@ -1,7 +1,8 @@
 """PGD (Madry et al. 2018): iterated projected steepest ascent from a random start, with restarts.
 
-Keeps, per sample, the iterate the *source* scores worst (lowest margin), so a restart or a later
-step can only improve the attack; the backend verifies the result afterwards.
+Keeps, per sample, the iterate the *source* scores worst (lowest margin; with ``--eot K``, of the
+logits averaged over the K encoder draws), so a restart or a later step can only improve the
+attack; the backend verifies the result afterwards.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ def pgd(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
             better = m < best_margin
             best[better], best_margin[better] = x_adv[better], m[better]
             x_adv = project(x_adv + step * normalized(grad, s.norm), x, eps, s.norm)
-        with torch.no_grad():
-            m = margin(ctx.logits(x_adv, idx), y)
+        m = margin(ctx.expected_logits(x_adv, idx), y)
         better = m < best_margin
         best[better], best_margin[better] = x_adv[better], m[better]
     return best
