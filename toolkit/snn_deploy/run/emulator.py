@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import threading
 
 import numpy as np
 import torch
@@ -411,6 +412,34 @@ def spike_counts(spikes: torch.Tensor) -> torch.Tensor:
     return spikes.view(torch.uint8).sum(dim=0, dtype=small).to(torch.int64)
 
 
+_pool_lock = threading.Lock()
+_pool_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` or more threads for emulator chunks, each with one
+    intra-op thread. Kept for the life of the process: setting torch's thread count is not free
+    (it resizes torch's thread pools) and measured, a pool made and torn down per call, with the
+    count set and restored each time, ran two chunks no faster than one thread ran them. A
+    worker's ``torch.set_num_threads(1)`` also sets torch's process-wide count, so the caller's
+    count is put back once all workers have started; OpenMP and MKL keep the per-thread value."""
+    global _pool_executor, _pool_size
+    with _pool_lock:
+        if _pool_executor is None or _pool_size < workers:
+            if _pool_executor is not None:
+                _pool_executor.shutdown(wait=False)
+            threads = torch.get_num_threads()
+            started = threading.Barrier(workers)
+            _pool_executor = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix="snn-deploy-emulator",
+                initializer=torch.set_num_threads, initargs=(1,))
+            list(_pool_executor.map(lambda _: started.wait(), range(workers)))
+            torch.set_num_threads(threads)
+            _pool_size = workers
+        return _pool_executor
+
+
 class Emulator:
     """Runs a Deployment batch after batch as one Lava run of all the samples would: every sample
     from rest, so batches are independent of each other.
@@ -444,19 +473,13 @@ class Emulator:
         workers = min(self._threads, len(chunks))
         if workers < 2:
             return [self._chunk(c, self._workspace(0)) for c in chunks]
-
-        def group(k: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
-            torch.set_num_threads(1)  # this thread's OpenMP setting; restored below
-            return [self._chunk(c, self._workspace(k)) for c in chunks[k::workers]]
-
         for k in range(workers):
             self._workspace(k)
-        threads = torch.get_num_threads()
-        try:
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                groups = list(pool.map(group, range(workers)))
-        finally:
-            torch.set_num_threads(threads)
+
+        def group(k: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+            return [self._chunk(c, self._workspace(k)) for c in chunks[k::workers]]
+
+        groups = list(_pool(workers).map(group, range(workers)))
         return [groups[i % workers][i // workers] for i in range(len(chunks))]
 
     def run(self, x: np.ndarray | torch.Tensor) -> Recording:
