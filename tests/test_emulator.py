@@ -166,6 +166,32 @@ def test_emulator_equals_lava_sim_on_the_trained_model(small_model_files, digits
         np.testing.assert_array_equal(a, b)
 
 
+def test_threaded_chunks_equal_one_thread_and_leave_the_callers_threads_alone(small_model_files):
+    """Chunks on the worker pool give the one-thread result; every worker keeps one intra-op
+    thread and the caller keeps its count. A worker that took the caller's count back (torch's
+    lazy per-thread initialisation after set_num_threads) oversubscribed the cores and left the
+    caller's torch ops 4-5x slower (run/emulator.py, _one_intra_op_thread)."""
+    from snn_deploy.run import emulator
+
+    dep = load_target(small_model_files["deployment"]).deployment
+    x = torch.from_numpy(np.random.default_rng(2).random((16, 3 * emulator.CHUNK + 5, 64)) < 0.3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = emulator.Emulator(dep).run(x)
+        torch.set_num_threads(2)
+        pooled = emulator.Emulator(dep).run(x)
+        assert torch.get_num_threads() == 2
+        workers = emulator._pool(2)
+        assert [workers.submit(torch.get_num_threads).result() for _ in range(4)] == [1] * 4
+    finally:
+        torch.set_num_threads(threads)
+    assert pooled.output.sum() > 0
+    np.testing.assert_array_equal(pooled.output, alone.output)
+    for a, b in zip(pooled.counts, alone.counts, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_emulator_equals_lava_on_a_network_made_by_lava_dl():
     """lava-dl's own trained mnist.net (its dense part), imported through netx."""
     import lava.lib.dl.netx as netx_pkg
