@@ -288,7 +288,7 @@ def test_unsupported_layers_are_all_named(tmp_path):
     with pytest.raises(UnsupportedNode) as info:
         read_netx(path, profile=load_profile("loihi2"))
     message = str(info.value)
-    for expected in ("layer 2 (pool)", "layer 3 (conv)", "layer 4 (dense_rec: no weight_rec)",
+    for expected in ("layer 2 (pool)", "layer 3 (conv: no neuron", "layer 4 (dense_rec: no weight_rec)",
                      "layer 5 (dense: no neuron", "layer 6 (dense: synaptic delays up to 3",
                      "layer 7 (dense: SDNN neuron", "layer 8 (average)"):
         assert expected in message
@@ -329,7 +329,7 @@ def _shipped(name: str) -> Path:
 
 def test_shipped_lava_dl_networks_name_their_unsupported_layers():
     profile = load_profile("loihi2")
-    with pytest.raises(UnsupportedNode, match=r"layer 1 \(conv\); layer 2 \(conv\)"):
+    with pytest.raises(UnsupportedNode, match=r"layer 0 \(input with a LOIHI neuron"):
         read_netx(_shipped("tiny.net"), profile=profile)
     with pytest.raises(UnsupportedNode, match=r"layer 2 \(dense: synaptic delays.*layer 5 \(average\)"):
         read_netx(_shipped("gts/ntidigits/ntidigits.net"), profile=profile)
@@ -483,3 +483,124 @@ def test_dense_rec_imports_and_runs_like_netx(tmp_path):
     assert netx_out.sum() > 0
     # and the batched backends agree with each other over consecutive samples
     np.testing.assert_array_equal(run_emulator(dep, x).output, run_lava_sim(dep, x).output)
+
+
+# ---------------------------------------------------------------- conv layers
+
+
+def _run_netx_conv(path: Path, x: np.ndarray, in_shape: tuple[int, int, int], *,
+                   skip_layers: int = 0) -> np.ndarray:
+    """netx's Network on Lava for (T, B, C*H*W) C-major spikes, all samples back to back, fed in
+    netx's own (x, y, c) layout; returns its (T, B, n_out) output, C-major.
+
+    ``reset_interval=T, reset_offset=1`` makes netx reset block k (0-based) at Lava step
+    2 + k (mod T), Lava counting from 1: exactly the staggered resets of our lava-sim graph, so
+    biases integrate over the same steps and every sample starts from rest in both.
+    """
+    from lava.lib.dl.netx.hdf5 import Network
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.source import RingBuffer
+    from snn_deploy.run.lava_probes.recorder import SpikeRecorder, create_record_file
+
+    steps, batch = x.shape[0], x.shape[1]
+    net = Network(net_config=str(path), skip_layers=skip_layers, reset_interval=steps,
+                  reset_offset=1)
+    depth, total = len(net), steps * batch
+    c, h, w = in_shape
+    stream = x.transpose(1, 0, 2).reshape(total, c, h, w).transpose(3, 2, 1, 0)  # (x, y, c, t)
+    data = np.zeros((w, h, c, total + depth), dtype=np.int32)
+    data[..., :total] = stream
+    source = RingBuffer(data=data)
+    source.s_out.connect(net.inp)
+    out_shape = net.out.shape
+    width = int(np.prod(out_shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        record = Path(tmp) / "out.npy"
+        create_record_file(record, steps=total + depth, width=width)
+        # a conv output is netx's (x, y, c): read it out C-major, (c, y, x), as netx's flatten does
+        port = net.out.transpose([2, 1, 0]).flatten() if len(out_shape) == 3 else net.out
+        port.connect(SpikeRecorder(shape=(width,), path=str(record)).a_in)
+        try:
+            source.run(condition=RunSteps(num_steps=total + depth),
+                       run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        finally:
+            source.stop()
+        out = np.load(record)
+    assert depth == len(net)
+    return out[depth:depth + total].reshape(batch, steps, width).transpose(1, 0, 2)
+
+
+def _compare_conv(dep, path, x, in_shape, **netx_args) -> np.ndarray:
+    """netx on Lava == our lava-sim == our emulator, spike for spike over consecutive samples."""
+    from snn_deploy.run.emulator import run_emulator
+    from snn_deploy.run.lava_sim import run_lava_sim
+
+    theirs = _run_netx_conv(path, x, in_shape, **netx_args)
+    ours = run_lava_sim(dep, x).output
+    mismatch = np.argwhere(ours != theirs)
+    assert mismatch.size == 0, (f"{len(mismatch)} of {ours.size} spike slots differ, first"
+                                f" (step, sample, neuron): {mismatch[:5].tolist()}")
+    np.testing.assert_array_equal(run_emulator(dep, x).output, theirs)
+    return theirs
+
+
+@pytest.mark.slow
+def test_conv_layers_import_and_run_like_netx(tmp_path):
+    """Asymmetric kernels, strides, padding, dilation and groups, odd mixed-sign weights (the
+    Dense holds 2 w at exponent -1), per-channel biases, conv -> conv -> flatten -> dense."""
+    rng = np.random.default_rng(7)
+    neuron = {**CUBA, "vThMant": 60}
+    layers = [
+        {"type": "input", "shape": np.array([2, 7, 6])},
+        {"type": "conv", "shape": np.array([4, 7, 3]), "stride": np.array([1, 2]),
+         "padding": np.array([1, 0]), "dilation": np.array([1, 1]), "groups": 2,
+         "weight": rng.integers(-50, 90, (4, 1, 3, 2, 1)).astype(np.float32),
+         "bias": np.array([0.0, 3.0, -2.0, 1.0], dtype=np.float32), "neuron": dict(neuron)},
+        {"type": "conv", "shape": np.array([3, 3, 3]), "stride": 1, "padding": 0,
+         "dilation": np.array([2, 1]), "groups": 1,
+         "weight": rng.integers(-40, 70, (3, 4, 3, 1, 1)).astype(np.float32),
+         "neuron": dict(neuron)},
+        {"type": "flatten"},
+        _dense(5, 27, neuron=dict(neuron)),
+    ]
+    layers[4]["weight"] = rng.integers(-30, 60, (5, 27)).astype(np.float32)
+    path = _write_h5(tmp_path / "conv.net", layers)
+    dep = read_netx(path, profile=load_profile("loihi2"))
+    assert dep.input_size == 2 * 7 * 6 and [layer.size for layer in dep.layers] == [84, 27, 5]
+    assert dep.layers[0].weight_exp == -1 and dep.layers[0].sign_mode == "mixed"
+    x = (rng.random((14, 3, dep.input_size)) < 0.5).astype(np.float32)
+    assert _compare_conv(dep, path, x, (2, 7, 6)).sum() > 10, "the test network must spike"
+
+
+@pytest.mark.slow
+def test_lava_dl_tiny_conv_net_runs_like_its_import():
+    """lava-dl's own tiny.net: input neuron (3, 16, 16), conv 5x5 stride 2 -> (24, 6, 6), conv
+    5x5 stride 2 -> (36, 1, 1); imported with skip_layers=1 as netx feeds spikes past its input."""
+    path = _shipped("tiny.net")
+    dep = read_netx(path, profile=load_profile("loihi2"), skip_layers=1)
+    assert dep.input_size == 3 * 16 * 16 and [layer.size for layer in dep.layers] == [864, 36]
+    x = (np.random.default_rng(0).random((12, 2, dep.input_size)) < 0.3).astype(np.float32)
+    assert _compare_conv(dep, path, x, (3, 16, 16), skip_layers=1).sum() > 0
+
+
+def test_conv_input_shape_and_flatten_are_required(tmp_path):
+    conv = {"type": "conv", "shape": np.array([2, 2, 2]), "weight": np.ones((2, 1, 2, 2, 1)),
+            "neuron": dict(CUBA)}
+    path = _write_h5(tmp_path / "noshape.net", [conv])
+    with pytest.raises(UnsupportedNode, match=r"layer 0 \(conv\): its input shape is unknown"):
+        read_netx(path, profile=load_profile("loihi2"))
+    path = _write_h5(tmp_path / "noflatten.net", [{"type": "input", "shape": np.array([1, 3, 3])},
+                                                  conv, _dense(2, 8)])
+    with pytest.raises(UnsupportedNode, match="without a flatten layer"):
+        read_netx(path, profile=load_profile("loihi2"))
+    wrong = {**conv, "shape": np.array([2, 3, 3])}
+    path = _write_h5(tmp_path / "wrong.net", [{"type": "input", "shape": np.array([1, 3, 3])}, wrong])
+    with pytest.raises(InputFileError, match=r"gives \(2, 2, 2\), but the layer's shape is \(2, 3, 3\)"):
+        read_netx(path, profile=load_profile("loihi2"))
+    mixed = np.full((2, 1, 2, 2, 1), 201.0)
+    mixed[0, 0, 0, 0, 0] = -3.0  # odd, mixed in sign and > 127: no exact Dense
+    odd = {**conv, "weight": mixed}
+    path = _write_h5(tmp_path / "odd.net", [{"type": "input", "shape": np.array([1, 3, 3])}, odd])
+    with pytest.raises(UnsupportedNode, match="no exact form"):
+        read_netx(path, profile=load_profile("loihi2"))

@@ -331,7 +331,7 @@ def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Deployment file (.deploy.h5).")
 def import_netx(net, profile, skip_layers, num_layers, out) -> None:
-    """Read a lava-dl netx network (.net) into a Deployment."""
+    """Read a lava-dl netx network (.net: dense, dense_rec and conv layers) into a Deployment."""
     from snn_deploy.profiles import load_profile
     from snn_deploy.quantize.deployment import save_deployment
     from snn_deploy.quantize.netx import read_netx

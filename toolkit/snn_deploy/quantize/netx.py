@@ -19,8 +19,11 @@ lossless for weights in [-256, 254] except where netx's and Lava's sign-mode rul
 weight matrix with no positive entry whose minimum is -2**k: Lava clips -256 to -255). ``read_netx``
 reproduces netx's parameters exactly, quirks included, and counts the weights netx changed.
 
-What a Deployment cannot hold raises ``UnsupportedNode`` listing every offending layer: conv, pool
-and the other non-dense types, complex dense layers, non-zero synaptic delays,
+A ``conv`` layer is lowered to a Dense on C-major (C, H, W) vectors (``_read_conv``), exact
+where a Dense can sum what Lava's Conv sums, refused where it cannot.
+
+What a Deployment cannot hold raises ``UnsupportedNode`` listing every offending layer: pool
+and the other non-dense, non-conv types, complex dense layers, non-zero synaptic delays,
 neurons other than CUBA/LOIHI, dense layers without a neuron (netx gives them a non-leaking
 integrator with threshold 131072 that never spikes), and an input layer with a neuron: netx
 builds it as a LIF driven only through its bias (its input port is connected to nothing in
@@ -90,7 +93,7 @@ SLAYER_SCALE = float((1 << 6) << LAVA_FORMATS["threshold_shift"])
 DEFAULT_STEPS = 32  # coding steps of a file without simulation/tSample
 FORMAT_TAG = "snn-deploy-netx"  # root attribute of files written by write_netx
 FORMAT_VERSION = 1
-_SUPPORTED_TYPES = ("input", "flatten", "dense", "dense_rec")
+_SUPPORTED_TYPES = ("input", "flatten", "dense", "dense_rec", "conv")
 _NETX_SIGN_MODES = ("mixed", "excitatory", "inhibitory")
 
 
@@ -253,7 +256,7 @@ def _layer_problems(layers: h5py.Group, keep: range) -> list[str]:
                             " it only through its bias, not from spikes; import with"
                             f" skip_layers={i + 1} to feed spikes into the next layer, as"
                             " netx.hdf5.Network(skip_layers=...) does)")
-        elif kind in ("dense", "dense_rec"):
+        elif kind in ("dense", "dense_rec", "conv"):
             problem = _dense_problem(g)
             if kind == "dense_rec" and "weight_rec" not in g:
                 problem = "no weight_rec"
@@ -264,7 +267,7 @@ def _layer_problems(layers: h5py.Group, keep: range) -> list[str]:
 
 def _message_bits(g: h5py.Group, before: int) -> int:
     """netx/hdf5.py _create: a layer's neuron sets the message bits of the next layer's input."""
-    if "neuron" not in g or _text(g["type"]) not in ("input", "dense"):
+    if "neuron" not in g or _text(g["type"]) not in ("input", "dense", "conv"):
         return before
     neuron = g["neuron"]
     return _scalar(neuron, "messageBits", neuron.name) if "messageBits" in neuron else 0
@@ -351,6 +354,105 @@ def _read_dense(g: h5py.Group, i: int, *, width: int | None, message_bits: int,
     )
 
 
+def _pair(g: h5py.Group, key: str, default: int, where: str) -> tuple[int, int]:
+    """A conv attribute as (y, x): netx's ``expand`` takes a scalar for both or an (y, x) pair
+    (it reverses the pair into Lava's (x, y) order)."""
+    if key not in g:
+        return default, default
+    value = np.asarray(g[key][()], dtype=np.float64).reshape(-1)
+    if value.size not in (1, 2) or not np.all(np.isfinite(value)) or np.any(value != np.round(value)):
+        raise InputFileError(f"{where}: {key} should be one or two integers, got {value.tolist()[:4]}")
+    y, x = (int(value[0]), int(value[0])) if value.size == 1 else (int(value[0]), int(value[1]))
+    return y, x
+
+
+def _dense_of_conv(weight: np.ndarray, where: str) -> tuple[np.ndarray, int, str]:
+    """(weights, weight_exp, sign_mode) of a Lava Dense that sums exactly what Lava's Conv sums.
+
+    Lava's fixed-point Conv (lava/proc/conv/models.py, PyConvModelFixed) multiplies with the
+    weights as netx hands them over: no clip, no truncation, no weight exponent. A Dense clips and
+    truncates to its grid (8 bits; mixed sign mode drops the lowest bit) and shifts by its
+    exponent, so the conv's weights w go in as w * 2**-e for the first e in 0, -1, 1, 2, ...
+    that puts them on the grid: at e = -1 the Dense sums 2 w s and halves it, exactly.
+    """
+    for e in (0, -1, *range(1, 8)):
+        if e > 0 and np.any(weight % (1 << e)):
+            break
+        mant = weight << -e if e <= 0 else weight >> e
+        mode = sign_mode_of(mant)
+        if np.array_equal(lava_dense_grid(mant, sign_mode=mode, num_weight_bits=8), mant):
+            return mant.astype(np.int32), e, mode
+    raise UnsupportedNode(f"{where}: conv weights {weight.min()}..{weight.max()} have no exact"
+                          " form on a Lava Dense's 8-bit grid (Lava's Conv uses them unclipped)")
+
+
+def _read_conv(g: h5py.Group, i: int, *, in_shape: tuple[int, ...] | None, message_bits: int,
+               origin: str) -> tuple[QuantLayer, tuple[int, int, int]]:
+    """A netx ``conv`` layer lowered to a Dense on C-major (C, H, W) vectors, and its output shape.
+
+    netx (hdf5.py ``create_conv``) flips the stored (C_out, C_in / groups, kH, kW) kernel and
+    hands it to Lava's ``Conv``, whose convolution then equals torch's cross-correlation with the
+    stored kernel; stride, padding and dilation are stored in (y, x) order. The lowered matrix is
+    that cross-correlation (convert/lowering.py ``_window_matrix``). netx's neurons are (x, y, c)
+    and its ``flatten`` transposes them to (c, y, x) before flattening: the C-major order used
+    here, so ``flatten`` needs no matrix. Lava's Conv clamps its sums to 24 bits and a Dense does
+    not; where the weights could reach that clamp the layer is refused.
+    """
+    from snn_deploy.convert.lowering import MAX_DENSE_ELEMENTS, _window_matrix
+
+    where = f"{origin}: layer {i} (conv)"
+    if in_shape is None or len(in_shape) != 3:
+        raise UnsupportedNode(f"{where}: its input shape is unknown (netx too needs an input layer"
+                              " with a (C, H, W) shape, or a conv layer before it)")
+    shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
+    weight = np.asarray(g["weight"][()])
+    if weight.dtype.kind == "f" and (not np.all(np.isfinite(weight))
+                                     or np.any(weight != np.round(weight))):
+        raise InputFileError(f"{where}: weights must be finite integers (Lava's Conv holds int32)")
+    if weight.ndim == 5 and weight.shape[4] == 1:  # slayer's (C_out, C_in, kH, kW, 1)
+        weight = weight[..., 0]
+    if weight.ndim != 4 or len(shape) != 3:
+        raise InputFileError(f"{where}: weight {weight.shape} and shape {shape} are not a 2-d"
+                             " conv's (C_out, C_in / groups, kH, kW) and (C, H, W)")
+    weight = weight.astype(np.int64)
+    groups = _scalar(g, "groups", where) if "groups" in g else 1
+    stride, pad = _pair(g, "stride", 1, where), _pair(g, "padding", 0, where)
+    dilation = _pair(g, "dilation", 1, where)
+    if min(*stride, *dilation, groups) < 1 or min(pad) < 0:
+        raise InputFileError(f"{where}: stride {stride}, padding {pad}, dilation {dilation},"
+                             f" groups {groups} out of range")
+    n_out, n_in = int(np.prod(shape)), int(np.prod(in_shape))
+    if n_out * n_in > MAX_DENSE_ELEMENTS:
+        raise UnsupportedNode(f"{where}: lowered to a Dense it would hold {n_out} x {n_in} weights"
+                              f" (limit {MAX_DENSE_ELEMENTS})")
+    matrix, out = _window_matrix(weight, in_shape, stride=stride, pad_lo=pad, pad_hi=pad,
+                                 dilation=dilation, groups=groups)
+    if out != shape:
+        raise InputFileError(f"{where}: a {weight.shape[2]}x{weight.shape[3]} conv of input"
+                             f" {in_shape} gives {out}, but the layer's shape is {shape}")
+    dense = np.rint(matrix.toarray()).astype(np.int64)
+    level = (1 << message_bits) - 1 if message_bits else 1
+    if int(np.abs(dense).sum(axis=1).max()) * level >= 1 << 23:
+        raise UnsupportedNode(f"{where}: sums could reach Lava Conv's 24-bit clamp, which a Dense"
+                              " does not reproduce")
+    weights, exp, mode = _dense_of_conv(dense, where)
+    bias = _ints(g["bias"], where).reshape(-1) if "bias" in g else np.zeros(1, dtype=np.int64)
+    if bias.size not in (1, shape[0], n_out):
+        raise InputFileError(f"{where}: bias of size {bias.size} for {shape[0]} channels")
+    bias = np.repeat(bias, n_out // bias.size) if bias.size == shape[0] else \
+        np.broadcast_to(bias, (n_out,)).copy()
+    neuron = _read_neuron(g["neuron"], where)
+    layer = QuantLayer(
+        synapse=f"conv{i}", neuron=f"lif{i}", weights=weights, weight_exp=exp, sign_mode=mode,
+        num_weight_bits=8, num_message_bits=message_bits, du=neuron.du, dv=neuron.dv,
+        vth=neuron.vth, bias_mant=bias.astype(np.int32),
+        bias_exp=np.full(n_out, NETX_BIAS_EXP, np.int32), scale=SLAYER_SCALE,
+        stats=LayerStats(weights_total=int(weight.size), weights_saturated=0,
+                         threshold_saturated=False, bias_saturated=0, u_peak_share=0.0),
+    )
+    return layer, out
+
+
 def _range_problems(dep_layers: list[QuantLayer], indices: list[int], p: Profile) -> list[str]:
     problems = []
     mant_max = (1 << (p.bias_mant_bits - 1)) - 1
@@ -396,20 +498,40 @@ def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
     if problems:
         raise UnsupportedNode(f"{path}: a Deployment cannot represent " + "; ".join(problems))
     message_bits = int(f.attrs.get("snn_deploy_input_message_bits", 0))
+    shape: tuple[int, ...] | None = None  # (C, H, W) of what feeds the next conv layer
     for i in range(skip_layers):
-        message_bits = _message_bits(layers[str(i)], message_bits)
+        g = layers[str(i)]
+        if _text(g["type"]) in ("input", "conv") and "shape" in g:  # netx: sets its input_shape
+            shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
+        message_bits = _message_bits(g, message_bits)
     quant: list[QuantLayer] = []
     indices: list[int] = []
+    unflattened = False  # a conv's (x, y, c) output not yet flattened
     for i in keep:
         g = layers[str(i)]
-        if _text(g["type"]) in ("dense", "dense_rec"):
+        kind = _text(g["type"])
+        if kind == "input" and "shape" in g:
+            shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
+        elif kind == "flatten":
+            unflattened = False
+        elif kind == "conv":
+            layer, shape = _read_conv(g, i, in_shape=shape, message_bits=message_bits,
+                                      origin=str(path))
+            quant.append(layer)
+            indices.append(i)
+            unflattened = True
+        elif kind in ("dense", "dense_rec"):
+            if unflattened:
+                raise UnsupportedNode(f"{path}: layer {i} ({kind}) follows a conv layer without a"
+                                      " flatten layer (netx cannot connect them either)")
             width = quant[-1].size if quant else None
             quant.append(_read_dense(g, i, width=width, message_bits=message_bits,
-                                     origin=str(path), recurrent=_text(g["type"]) == "dense_rec"))
+                                     origin=str(path), recurrent=kind == "dense_rec"))
             indices.append(i)
         message_bits = _message_bits(g, message_bits)
     if not quant:
-        raise UnsupportedNode(f"{path}: no dense layer among layers {keep.start}..{keep.stop - 1}")
+        raise UnsupportedNode(f"{path}: no dense or conv layer among layers"
+                              f" {keep.start}..{keep.stop - 1}")
     problems = _range_problems(quant, indices, profile)
     if problems:
         raise QuantizationError(f"{path}: outside profile {profile.name!r}: " + "; ".join(problems))
