@@ -598,13 +598,13 @@ def test_import_netx_refuses_a_corrupt_file(work: Work) -> None:
 def test_import_netx_names_an_unsupported_layer(work: Work) -> None:
     import h5py
 
-    path = work.inp / "conv.net"
+    path = work.inp / "pool.net"
     with h5py.File(path, "w") as f:
         g = f.create_group("layer/0")
-        g.create_dataset("type", data=np.array([b"conv"]))
+        g.create_dataset("type", data=np.array([b"pool"]))
         g.create_dataset("shape", data=np.array([4, 4, 2]))
     proc = work.run("import-netx", path, "--out", work.out / "m.deploy.h5")
-    assert_bad_input(proc, "layer 0 (conv)")
+    assert_bad_input(proc, "layer 0 (pool)")
     work.assert_clean()
 
 
