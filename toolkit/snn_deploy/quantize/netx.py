@@ -437,10 +437,9 @@ def _read_conv(g: h5py.Group, i: int, *, in_shape: tuple[int, ...] | None, messa
                               " does not reproduce")
     weights, exp, mode = _dense_of_conv(dense, where)
     bias = _ints(g["bias"], where).reshape(-1) if "bias" in g else np.zeros(1, dtype=np.int64)
-    if bias.size not in (1, shape[0], n_out):
+    if bias.size not in (1, shape[0]):  # netx broadcasts it over (x, y, c): one per channel
         raise InputFileError(f"{where}: bias of size {bias.size} for {shape[0]} channels")
-    bias = np.repeat(bias, n_out // bias.size) if bias.size == shape[0] else \
-        np.broadcast_to(bias, (n_out,)).copy()
+    bias = np.repeat(np.broadcast_to(bias, (shape[0],)), n_out // shape[0])
     neuron = _read_neuron(g["neuron"], where)
     layer = QuantLayer(
         synapse=f"conv{i}", neuron=f"lif{i}", weights=weights, weight_exp=exp, sign_mode=mode,
