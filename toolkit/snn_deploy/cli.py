@@ -362,8 +362,9 @@ def import_netx(net, profile, skip_layers, num_layers, out) -> None:
 @click.option("--energy-profile", default=None,
               help="Price energy with this profile (default: the Deployment's; float has none).")
 @click.option("--perturbation", default=None,
-              help="gaussian:SIGMA: also report the membrane-potential perturbation mean square"
-                   " of the float model under seeded Gaussian input noise (Ding et al. 2024).")
+              help="gaussian:SIGMA or fgsm:EPS: also report the membrane-potential perturbation"
+                   " mean square of the float model under seeded Gaussian input noise, or on the"
+                   " FGSM adversarial set of the float model (Ding et al. 2024).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the report JSON here.")
 @_slurm_options

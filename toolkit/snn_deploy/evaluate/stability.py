@@ -1,8 +1,12 @@
 """Membrane-potential perturbation mean square as an evaluation output (Ding et al., ICML 2024).
 
 ``--perturbation gaussian:SIGMA``: every test value gets seeded Gaussian noise of std SIGMA
-(clipped to [0, 1]); clean and noisy sets are encoded with the same encoder seeds, and the float
-model's last LIF layer is run on both: the report gets mean_t,b,i Y^2 (train/stability.py, volts^2).
+(clipped to [0, 1]). ``--perturbation fgsm:EPS``: the adversarial set instead, one FGSM step of
+size EPS (L-inf, clipped to [0, 1]; Goodfellow et al. 2015) on the float model's own decoder
+logits, with surrogate gradients and the encoder passed straight through, its noise frozen as the
+evaluation draws it (attack/base.py ``FrozenEncoder``). Clean and perturbed sets are encoded with
+the same encoder seeds, and the float model's last LIF layer is run on both: the report gets
+mean_t,b,i Y^2 (train/stability.py, volts^2).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from snn_deploy.evaluate.accuracy import encoded_batches
 from snn_deploy.targets import Target
 from snn_deploy.train.stability import perturbation_ms
 
-KINDS = ("gaussian",)
+KINDS = ("gaussian", "fgsm")  # noise of std SIGMA, or an FGSM step of size EPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +34,14 @@ class Perturbation:
     def parse(cls, text: str) -> Perturbation:
         kind, _, value = text.partition(":")
         if kind not in KINDS:
-            raise UserError(f"--perturbation {text!r}: unknown kind {kind!r} (use gaussian:SIGMA)")
+            raise UserError(f"--perturbation {text!r}: unknown kind {kind!r} (use gaussian:SIGMA or"
+                            " fgsm:EPS)")
         try:
             sigma = float(value)
         except ValueError:
-            raise UserError(f"--perturbation {text!r}: SIGMA must be a number") from None
+            raise UserError(f"--perturbation {text!r}: its size must be a number") from None
         if not (sigma > 0 and np.isfinite(sigma)):
-            raise UserError(f"--perturbation {text!r}: SIGMA must be > 0")
+            raise UserError(f"--perturbation {text!r}: its size must be > 0")
         return cls(kind=kind, sigma=sigma)
 
 
@@ -47,12 +52,15 @@ def perturbation_report(target: Target, split: Split, spec: Perturbation, *, lim
     if model is None:
         raise UserError(f"{target.path}: --perturbation needs a float model (checkpoint, NIR graph,"
                         " or a Deployment that carries its source graph)")
-    x, _ = split.part("test")
+    x, y = split.part("test")
     if limit is not None:
-        x = x[:limit]
-    gen = torch.Generator().manual_seed(seed * 7907 + 1)
-    noisy = (x + spec.sigma * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
+        x, y = x[:limit], y[:limit]
     encoding = str(target.coding.get("encoding", "rate"))
+    if spec.kind == "fgsm":
+        noisy = fgsm_set(target, x, y, eps=spec.sigma, encoding=encoding, steps=steps, seed=seed)
+    else:
+        gen = torch.Generator().manual_seed(seed * 7907 + 1)
+        noisy = (x + spec.sigma * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
     total, count = 0.0, 0
     for clean_b, noisy_b in zip(encoded_batches(x, encoding=encoding, steps=steps, seed=seed),
                                 encoded_batches(noisy, encoding=encoding, steps=steps, seed=seed)):
@@ -60,3 +68,34 @@ def perturbation_report(target: Target, split: Split, spec: Perturbation, *, lim
         count += clean_b.shape[1]
     return {"perturbation": f"{spec.kind}:{spec.sigma:g}", "perturbation_ms": total / count,
             "perturbation_ms_unit": "volts^2 (float model's last LIF layer)"}
+
+
+def fgsm_set(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, encoding: str,
+             steps: int, seed: int) -> torch.Tensor:
+    """(N, n) values -> their FGSM versions against the float model (the checkpoint's own LIF
+    network, else the NIR graph through ``attack.sources.FloatSource``), read out with the model's
+    decoder; batches of ``BATCH`` as evaluate encodes them."""
+    from snn_deploy.attack.base import BATCH, FrozenEncoder
+    from snn_deploy.train.decoding import DecoderSpec
+
+    decoder = DecoderSpec.of(target.coding)
+    if target.checkpoint is not None:
+        model = target.checkpoint
+
+        def logits(s: torch.Tensor) -> torch.Tensor:
+            trace = model.trace(s)
+            return decoder.logits(trace.output, trace.membrane)
+    else:
+        from snn_deploy.attack.sources import FloatSource
+
+        logits = FloatSource(target, decoder=decoder).spike_logits
+    x = x.to(torch.float32)
+    encoder = FrozenEncoder(encoding, steps=steps, seed=seed, n_samples=len(x), n_inputs=x.shape[1])
+    parts = []
+    for start in range(0, len(x), BATCH):
+        idx = torch.arange(start, min(start + BATCH, len(x)))
+        xb = x[idx].clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(logits(encoder.differentiable(xb, idx)), y[idx])
+        (grad,) = torch.autograd.grad(loss, xb)
+        parts.append((x[idx] + eps * grad.sign()).clamp(0.0, 1.0))
+    return torch.cat(parts)
