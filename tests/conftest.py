@@ -6,6 +6,7 @@ import os
 import warnings
 
 import pytest
+import torch
 from hypothesis import settings
 from snn_deploy import api
 from snn_deploy.data import load_dataset
@@ -38,3 +39,13 @@ def small_model_files(tmp_path_factory):
     dep_path = folder / "small.deploy.h5"
     save_deployment(api.deploy(nir_path, profile="loihi2", dataset="digits").deployment, dep_path)
     return {"checkpoint": ckpt, "nir": nir_path, "deployment": dep_path, "train": result}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of tiny models: a second one only adds contention on
+    a busy 2-core machine (15x slower, measured). Modules take it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

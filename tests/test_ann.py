@@ -25,14 +25,7 @@ from snn_deploy.train.model import LIFNetwork, ModelConfig, load_checkpoint, sav
 STEPS = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds contention (15x slower on a busy
-    2-core machine, measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

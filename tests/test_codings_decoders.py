@@ -37,12 +37,7 @@ from snn_deploy.train.perturbed import encode_straight_through
 from tests.factories import random_network
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- fusion coding ------------------------------------------------------------------------------

@@ -25,12 +25,7 @@ from snn_deploy.train.stability import membrane_perturbation, perturbation_ms
 TINY = dict(dataset="digits", encoding="rate", steps=8, seed=0, lr=1e-2, batch_size=128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mismatch(got: np.ndarray, expected: np.ndarray) -> str:
