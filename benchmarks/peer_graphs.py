@@ -32,6 +32,7 @@ import torch
 
 from snn_deploy import api
 from snn_deploy.convert.nirgraph import graph_to_network, read_nir
+from snn_deploy.quantize.fidelity import count_correlation as corr
 from snn_deploy.run.emulator import run_emulator, run_layers
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.lava_sim import build_graph, execute, input_to_lava, to_recording
@@ -45,13 +46,6 @@ GRAPHS = {
     "cnn_sinabs.nir": (None, "sinabs", 0.1),
 }
 DEFAULT_PEER = Path(__file__).resolve().parents[2] / "shared" / "peer"
-
-
-def corr(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    if a.std() == 0 or b.std() == 0:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def agreement(float_rec, deployed_rec) -> dict:

@@ -26,7 +26,7 @@ from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.quantize.fixed_point import quantize_network
-from snn_deploy.quantize.fidelity import FidelityLayer, fidelity
+from snn_deploy.quantize.fidelity import FidelityLayer, count_correlation, fidelity
 from snn_deploy.quantize.retune import MODES as RETUNE_MODES
 from snn_deploy.quantize.retune import RetuneResult, Simulators, retune
 from snn_deploy.run.emulator import run_emulator
@@ -236,14 +236,6 @@ class SourceEffect:
                 f" on {100 * self.argmax_same:.1f}% of {self.samples} samples")
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two count arrays; 1 when both are constant and equal, else 0."""
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    if a.std() == 0 or b.std() == 0:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def reset_effect(network: FloatNetwork, x: torch.Tensor, *, source_reset: str = "subtract",
                  where: str = "the given input") -> SourceEffect:
     """What running the neurons as the source model did (``SOURCE_RESETS``) instead of resetting
@@ -254,7 +246,8 @@ def reset_effect(network: FloatNetwork, x: torch.Tensor, *, source_reset: str = 
                     for name, a, b in zip(nir_run.layer_names, nir_run.counts, src.counts))
     same = float(np.mean(nir_run.counts[-1].argmax(axis=1) == src.counts[-1].argmax(axis=1)))
     return SourceEffect(source_reset=source_reset, where=where, samples=int(x.shape[1]),
-                        layer_change=changes, count_corr=_corr(nir_run.counts[-1], src.counts[-1]),
+                        layer_change=changes, count_corr=count_correlation(nir_run.counts[-1],
+                                                     src.counts[-1]),
                         argmax_same=same)
 
 
@@ -296,7 +289,7 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
     source = nir_path.read_bytes()
     x = calibration_input(network, dataset=dataset, calibration=calibration, seed=seed)
     float_run = run_float(network, x) if x is not None else None
-    if x is not None and float_run is not None:
+    if float_run is not None:
         u_peaks: list[float] | None = list(float_run.u_peaks)
         how = f"{dataset or calibration}: {x.shape[1]} samples x {x.shape[0]} steps, seed {seed}"
     else:

@@ -76,6 +76,7 @@ def fgsm_set(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, en
     network, else the NIR graph through ``attack.sources.FloatSource``), read out with the model's
     decoder; batches of ``BATCH`` as evaluate encodes them."""
     from snn_deploy.attack.base import BATCH, FrozenEncoder
+    from snn_deploy.train.adversarial import fgsm_linf
     from snn_deploy.train.decoding import DecoderSpec
 
     decoder = DecoderSpec.of(target.coding)
@@ -94,8 +95,6 @@ def fgsm_set(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, en
     parts = []
     for start in range(0, len(x), BATCH):
         idx = torch.arange(start, min(start + BATCH, len(x)))
-        xb = x[idx].clone().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(logits(encoder.differentiable(xb, idx)), y[idx])
-        (grad,) = torch.autograd.grad(loss, xb)
-        parts.append((x[idx] + eps * grad.sign()).clamp(0.0, 1.0))
+        parts.append(fgsm_linf(lambda xb, idx=idx: logits(encoder.differentiable(xb, idx)),
+                               x[idx], y[idx], eps=eps))
     return torch.cat(parts)

@@ -70,6 +70,15 @@ def rate_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def count_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """``rate_correlation``, defined also where it is NaN: 1 for equal arrays, else 0 (two runs
+    that are both silent agree; one silent run against a busy one does not)."""
+    r = rate_correlation(a, b)
+    if math.isnan(r):
+        return 1.0 if np.array_equal(np.ravel(a), np.ravel(b)) else 0.0
+    return r
+
+
 def fidelity(dep: Deployment, network: FloatNetwork, *, float_counts: Sequence[np.ndarray],
              fixed_counts: Sequence[np.ndarray], steps: int) -> tuple[FidelityLayer, ...]:
     """Per-layer fidelity of ``dep`` to ``network`` (its source graph).
