@@ -1,4 +1,5 @@
-"""Ctrl-C during a lava-sim run stops Lava's runtime: exit 130, no workers left, no report file."""
+"""Ctrl-C, SIGTERM or SIGHUP during a lava-sim run stops Lava's runtime: exit 128 + signal, no
+workers or shared memory left, no report file."""
 
 from __future__ import annotations
 
@@ -19,9 +20,19 @@ def _living(session: int) -> list[str]:
     return [line for line in out.splitlines() if line.strip() and not line.strip().startswith("Z")]
 
 
-@pytest.mark.parametrize("whole_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-main"])
-def test_interrupt_stops_the_lava_runtime(small_model_files, tmp_path, whole_group):
+@pytest.mark.parametrize("signum, whole_group, rc, said", [
+    (signal.SIGINT, True, 130, "interrupted"),
+    (signal.SIGINT, False, 130, "interrupted"),
+    (signal.SIGTERM, False, 143, "terminated by SIGTERM"),
+    (signal.SIGTERM, True, 143, "terminated by SIGTERM"),
+    (signal.SIGHUP, True, 129, "terminated by SIGHUP"),
+], ids=["terminal-ctrl-c", "sigint-to-main", "sigterm-to-main", "sigterm-to-group",
+        "sighup-to-group"])
+def test_a_signal_stops_the_lava_runtime(small_model_files, tmp_path, signum, whole_group, rc, said):
+    """Ctrl-C, SIGTERM (a scheduler, `kill`) and SIGHUP (a closed terminal) alike: Lava's runtime
+    is stopped, no worker outlives the command, its shared memory leaves /dev/shm, no report."""
     report = tmp_path / "r.json"
+    shm_before = set(os.listdir("/dev/shm"))
     cmd = [sys.executable, "-m", "snn_deploy.cli", "evaluate", str(small_model_files["deployment"]),
            "--backend", "lava-sim", "--steps", "300", "--json", str(report)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -40,17 +51,18 @@ def test_interrupt_stops_the_lava_runtime(small_model_files, tmp_path, whole_gro
         time.sleep(1.0)
         assert proc.poll() is None, "the run finished before it could be interrupted"
         if whole_group:
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, signum)
         else:
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == rc, err
+    assert err.strip() == f"snn-deploy: {said}", err
     time.sleep(0.5)
     assert _living(proc.pid) == [], "Lava worker processes were left behind"
+    assert set(os.listdir("/dev/shm")) - shm_before == set(), "shared memory left in /dev/shm"
     assert not report.exists()
     assert list(tmp_path.iterdir()) == []
 

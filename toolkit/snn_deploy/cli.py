@@ -5,34 +5,85 @@ Exit status: 0 on success, 2 on bad input (one line on stderr), 1 on an internal
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import math
+import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import click
 
+from snn_deploy.bounds import (MAX_BATCH, MAX_EPOCHS, MAX_ITERATIONS, MAX_SEED, MAX_STEPS,
+                               MAX_TEXT_BYTES, layer_sizes_problem)
 from snn_deploy.coding import ENCODERS
 from snn_deploy.data import DATASETS
-from snn_deploy.errors import UserError
+from snn_deploy.errors import Terminated, UserError
 from snn_deploy.evaluate.accuracy import BACKENDS
-from snn_deploy.fileio import check_writable
+from snn_deploy.fileio import all_or_nothing, check_writable, read_text_bounded
 
 EXIT_BAD_INPUT = 2
+SEED = click.IntRange(0, MAX_SEED)
+STEPS = click.IntRange(1, MAX_STEPS)
+COUNT = click.IntRange(min=1)
+
+
+class Finite(click.ParamType):
+    """A finite float in [low, high] (``open_low``: low excluded); NaN and Inf are refused, which
+    click's FloatRange lets through."""
+
+    name = "float"
+
+    def __init__(self, low: float = -math.inf, high: float = math.inf, *, open_low: bool = False):
+        self.low, self.high, self.open_low = low, high, open_low
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x) or x < self.low or x > self.high or (self.open_low and x == self.low):
+            low = f"{self.low:g} <{'' if self.open_low else '='} "
+            self.fail(f"{value} is not a finite number in {low}x <= {self.high:g}", param, ctx)
+        return x
+
+
+POSITIVE = Finite(0.0, open_low=True)
+NON_NEGATIVE = Finite(0.0)
 
 
 def _hidden(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected sizes like 128 or 128,64, got {value!r}") from None
+    problem = layer_sizes_problem(sizes)
+    if problem:
+        raise click.BadParameter(problem)
+    return sizes
 
 
 def _hidden_or_default(ctx: click.Context, param: click.Parameter,
                        value: str | None) -> tuple[int, ...] | None:
     return None if value is None else _hidden(ctx, param, value)
+
+
+def _check_outputs(*outputs: str | Path | None, inputs: tuple[str | Path | None, ...]) -> None:
+    """Before any work: every output writable and none of them an input of the command (nor the
+    same file twice); see ``fileio.check_writable`` for what else is refused."""
+    given = [Path(o) for o in outputs if o is not None]
+    sources = [i for i in inputs if i is not None]
+    for k, out in enumerate(given):
+        check_writable(out, inputs=sources)
+        for other in given[:k]:
+            if os.path.abspath(out) == os.path.abspath(other):
+                raise UserError(f"{out} is named as two outputs of this command")
 
 
 def _device(name: str) -> str:
@@ -42,6 +93,8 @@ def _device(name: str) -> str:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device: unknown torch device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: snn-deploy runs on cpu or cuda, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
     return name
@@ -61,6 +114,11 @@ def _slurm_options(command):
     return click.option("--partition", default=None,
                         help="loihi2 only: run on this SLURM partition of Intel's cloud"
                              " (default: SLURM's choice).")(command)
+
+
+def _profile_file(profile: str | None) -> str | None:
+    """A --profile given as a file path (an input of the command), or None for a name."""
+    return profile if profile is not None and str(profile).endswith(".toml") else None
 
 
 def _select_host(backend: str, partition: str | None, board: str | None) -> None:
@@ -86,21 +144,21 @@ def cli() -> None:
 @click.option("--encoding", type=click.Choice(sorted(ENCODERS)), default="rate", show_default=True)
 @click.option("--hidden", default=None, callback=_hidden_or_default,
               help="Hidden layer sizes, e.g. 128,64 (default 128; with --ann --conv: none).")
-@click.option("--steps", type=int, default=32, show_default=True, help="Time steps per sample.")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=STEPS, default=32, show_default=True, help="Time steps per sample.")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=30, show_default=True)
+@click.option("--lr", type=Finite(0.0, 10.0, open_low=True), default=2e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=64, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--ann", is_flag=True, help="Train a ReLU ANN (for `snn-deploy convert`) instead.")
 @click.option("--conv", is_flag=True, help="With --ann: a small conv block before the dense layers.")
 @click.option("--adversarial", type=click.Choice(["none", "fgsm", "pgd", "trades"]),
               default="none", show_default=True,
               help="Adversarial training: fgsm or pgd (SNN), pgd or trades (--ann).")
-@click.option("--eps", type=float, default=0.1, show_default=True,
+@click.option("--eps", type=Finite(0.0, 1.0), default=0.1, show_default=True,
               help="With --adversarial: L-inf radius in the input range [0, 1].")
-@click.option("--attack-steps", type=int, default=None,
+@click.option("--attack-steps", type=click.IntRange(1, 10_000), default=None,
               help="With --adversarial pgd/trades: steps per example (default 7 SNN, 10 ANN).")
-@click.option("--beta", type=float, default=6.0, show_default=True,
+@click.option("--beta", type=NON_NEGATIVE, default=6.0, show_default=True,
               help="With --adversarial trades: weight of the KL term.")
 @click.option("--recurrent", is_flag=True,
               help="Hidden LIF layers with recurrent weights (exported as NIR cycles).")
@@ -110,18 +168,18 @@ def cli() -> None:
               default="count", show_default=True,
               help="Loss and output decoder: spike count, first-spike time (temporal) or maximum"
                    " membrane potential over time (docs/coding.md).")
-@click.option("--decoder-beta", type=float, default=1.0, show_default=True,
+@click.option("--decoder-beta", type=POSITIVE, default=1.0, show_default=True,
               help="Logit scale: -beta * first spike time (steps), or beta * max membrane"
                    " (units of the threshold).")
 @click.option("--init", "init", type=click.Choice(["auto", "default"]), default="auto",
               show_default=True,
               help="auto: scale up hidden layers the default init leaves silent on training data"
                    " (e.g. latency coding); default: PyTorch's initialisation unchanged.")
-@click.option("--noise-sigma", type=float, default=0.0, show_default=True,
+@click.option("--noise-sigma", type=NON_NEGATIVE, default=0.0, show_default=True,
               help="Gaussian-noise training: sigma on the input values.")
-@click.option("--kappa", type=float, default=0.5, show_default=True,
+@click.option("--kappa", type=Finite(0.0, 1.0), default=0.5, show_default=True,
               help="Weight of the clean loss against the perturbed one (noise/adversarial).")
-@click.option("--perturbation-weight", type=float, default=0.0, show_default=True,
+@click.option("--perturbation-weight", type=NON_NEGATIVE, default=0.0, show_default=True,
               help="Membrane-potential perturbation regulariser (Ding et al. ICML 2024), alpha.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Checkpoint (.pt).")
 def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, conv, adversarial,
@@ -210,15 +268,15 @@ def _train_ann(*, dataset, hidden, conv, epochs, lr, batch_size, seed, adversari
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="NIR graph (.nir).")
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
               help="Calibration data (default: the ANN's own data set).")
-@click.option("--steps", type=int, default=32, show_default=True, help="Time steps per sample.")
+@click.option("--steps", type=STEPS, default=32, show_default=True, help="Time steps per sample.")
 @click.option("--norm", type=click.Choice(["max", "percentile"]), default="max", show_default=True,
               help="Threshold balancing: max or a percentile of each layer's activations.")
-@click.option("--percentile", type=float, default=99.9, show_default=True)
-@click.option("--threshold-scale", type=float, default=1.0, show_default=True,
+@click.option("--percentile", type=Finite(0.0, 100.0, open_low=True), default=99.9, show_default=True)
+@click.option("--threshold-scale", type=POSITIVE, default=1.0, show_default=True,
               help="Multiply every threshold (0.3: Ozdenizci & Legenstein's low-latency scaling).")
 @click.option("--encoding", type=click.Choice(["direct", "rate"]), default="direct",
               show_default=True)
-@click.option("--calibration-samples", type=int, default=None,
+@click.option("--calibration-samples", type=COUNT, default=None,
               help="Calibrate on the first N training samples (default: all).")
 def convert(ann_path, out, dataset, steps, norm, percentile, threshold_scale, encoding,
             calibration_samples) -> None:
@@ -226,7 +284,7 @@ def convert(ann_path, out, dataset, steps, norm, percentile, threshold_scale, en
     from snn_deploy.convert import ann_api
     from snn_deploy.evaluate.report import format_table
 
-    check_writable(out)
+    _check_outputs(out, inputs=(ann_path,))
     summary = ann_api.convert(ann_path, out=out, dataset=dataset, steps=steps, norm=norm,
                               percentile=percentile, threshold_scale=threshold_scale,
                               encoding=encoding, calibration_samples=calibration_samples)
@@ -247,7 +305,7 @@ def export(checkpoint, out) -> None:
     """Export a checkpoint to a NIR graph (dt and coding in its metadata)."""
     from snn_deploy import api
 
-    check_writable(out)
+    _check_outputs(out, inputs=(checkpoint,))
     network = api.export(checkpoint, out)
     sizes = "-".join(str(s) for s in [network.input_size, *(layer.size for layer in network.layers)])
     click.echo(f"wrote {out}: {len(network.layers)} layers ({sizes}), dt = {network.dt:g} s")
@@ -257,13 +315,13 @@ def export(checkpoint, out) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--profile", default="loihi2", show_default=True,
               help="Profile name (see `snn-deploy profiles`) or a path to a .toml file.")
-@click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
+@click.option("--dt", type=POSITIVE, default=None, help="Time step (s) for graphs without one.")
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
               help="Calibrate the current range on this data set's training split.")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="Calibrate on a .npy array: (N, features) in [0, 1], or encoded (T, N, n) or"
                    " (T, N, *input_shape). Without it or --dataset: scales from weights alone.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Deployment file (.deploy.h5).")
 @click.option("--netx", "netx_out", type=click.Path(dir_okay=False), default=None,
@@ -285,9 +343,7 @@ def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune
     from snn_deploy.evaluate.report import format_table
     from snn_deploy.quantize.deployment import save_deployment
 
-    check_writable(out)
-    if netx_out:
-        check_writable(netx_out)
+    _check_outputs(out, netx_out, inputs=(model, calibration, _profile_file(profile)))
     result = api.deploy(model, profile=profile, dt=dt, dataset=dataset, calibration=calibration,
                         seed=seed, retune_mode=retune_mode, source_reset=source_reset)
     for message in result.notes:
@@ -310,11 +366,12 @@ def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune
 
         click.echo("fidelity on the calibration input (float graph vs emulator):")
         click.echo(format_fidelity(result.fidelity))
-    if netx_out:  # first: it refuses what netx cannot carry, and then nothing is written
-        from snn_deploy.quantize.netx import write_netx
+    with all_or_nothing():  # both files or neither
+        if netx_out:  # first: it refuses what netx cannot carry
+            from snn_deploy.quantize.netx import write_netx
 
-        write_netx(dep, netx_out)
-    save_deployment(dep, out)
+            write_netx(dep, netx_out)
+        save_deployment(dep, out)
     click.echo(f"wrote {out}")
     if netx_out:
         click.echo(f"wrote {netx_out} (lava-dl netx)")
@@ -336,7 +393,7 @@ def import_netx(net, profile, skip_layers, num_layers, out) -> None:
     from snn_deploy.quantize.deployment import save_deployment
     from snn_deploy.quantize.netx import read_netx
 
-    check_writable(out)
+    _check_outputs(out, inputs=(net, _profile_file(profile)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dep = read_netx(net, profile=load_profile(profile), skip_layers=skip_layers,
@@ -355,10 +412,10 @@ def import_netx(net, profile, skip_layers, num_layers, out) -> None:
               help="torch device for the float and emulator backends (cpu, cuda, cuda:1).")
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
               help="Data set (default: the one the model was trained on).")
-@click.option("--limit", type=int, default=None, help="Evaluate the first N test samples only.")
-@click.option("--steps", type=int, default=None, help="Time steps (default: the model's own).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the input encoder.")
-@click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
+@click.option("--limit", type=COUNT, default=None, help="Evaluate the first N test samples only.")
+@click.option("--steps", type=STEPS, default=None, help="Time steps (default: the model's own).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the input encoder.")
+@click.option("--dt", type=POSITIVE, default=None, help="Time step (s) for graphs without one.")
 @click.option("--energy-profile", default=None,
               help="Price energy with this profile (default: the Deployment's; float has none).")
 @click.option("--perturbation", default=None,
@@ -377,8 +434,7 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
     from snn_deploy.profiles import load_profile
     from snn_deploy.targets import load_target
 
-    if json_out:
-        check_writable(json_out)
+    _check_outputs(json_out, inputs=(model, _profile_file(energy_profile)))
     pricing = load_profile(energy_profile) if energy_profile else None  # a bad name fails first
     from snn_deploy.evaluate.stability import Perturbation, perturbation_report
 
@@ -424,7 +480,7 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
                    " (T, B, n) or (T, B, *input_shape) for a batch.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="emulator", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device (float, emulator).")
-@click.option("--dt", type=float, default=None, help="Time step (s) for graphs without one.")
+@click.option("--dt", type=POSITIVE, default=None, help="Time step (s) for graphs without one.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Output layer spikes (.npy, uint8), in the input's layout.")
 @_slurm_options
@@ -435,7 +491,7 @@ def run(model, input_path, backend, device, dt, out, partition, board) -> None:
     from snn_deploy import api
     from snn_deploy.fileio import atomic_path
 
-    check_writable(out)
+    _check_outputs(out, inputs=(model, input_path))
     _select_host(backend, partition, board)
     result = api.run(model, input_path=input_path, backend=backend, device=_device(device), dt=dt)
     with atomic_path(out) as tmp:
@@ -473,26 +529,26 @@ def _names(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
               help="Comma-separated budgets (input range for value attacks; spikes or steps for"
                    " spike attacks).")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
-@click.option("--iterations", type=int, default=20, show_default=True)
-@click.option("--restarts", type=int, default=1, show_default=True)
-@click.option("--step-size", type=float, default=None, help="Default: 2.5 eps / iterations (PGD).")
-@click.option("--eot", type=int, default=1, show_default=True,
+@click.option("--iterations", type=click.IntRange(1, MAX_ITERATIONS), default=20, show_default=True)
+@click.option("--restarts", type=click.IntRange(1, 1000), default=1, show_default=True)
+@click.option("--step-size", type=POSITIVE, default=None, help="Default: 2.5 eps / iterations (PGD).")
+@click.option("--eot", type=click.IntRange(1, 10_000), default=1, show_default=True,
               help="Encoder draws averaged per gradient (expectation over transformation).")
-@click.option("--queries", type=int, default=1000, show_default=True,
+@click.option("--queries", type=click.IntRange(1, 10**7), default=1000, show_default=True,
               help="Query budget per sample (Square).")
 @click.option("--source", "sources", default="twin", show_default=True, callback=_names,
               help="Gradient sources, comma-separated: twin, bptr, float (transfer).")
 @click.option("--surrogate", default="fast_sigmoid,triangle", show_default=True, callback=_names,
               help="Surrogate shapes for twin/float sources with --ensemble (the first otherwise):"
                    " fast_sigmoid, triangle, exponential, rectangular, ste.")
-@click.option("--width", type=float, default=0.5, show_default=True,
+@click.option("--width", type=POSITIVE, default=0.5, show_default=True,
               help="Surrogate width relative to the threshold.")
 @click.option("--ensemble", is_flag=True,
               help="Per-sample worst case over all sources, surrogates and attacks, each attack on"
                    " the points still robust (AutoAttack-style).")
-@click.option("--limit", type=int, default=None, help="Attack the first N test samples only.")
+@click.option("--limit", type=COUNT, default=None, help="Attack the first N test samples only.")
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None)
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the encoder and the attacks' random starts.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the emulator.")
 @click.option("--energy-profile", default=None,
@@ -532,8 +588,6 @@ def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, 
     for shape in surrogate:
         if shape not in SURROGATES:
             raise UserError(f"unknown surrogate {shape!r}: choose from {', '.join(SURROGATES)}")
-    if not width > 0:
-        raise UserError(f"--width must be > 0, got {width}")
     if backend == "loihi2":
         from snn_deploy.run.loihi2 import require_lava_loihi
 
@@ -541,10 +595,8 @@ def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, 
     _select_host(backend, partition, board)
     settings = AttackSettings(norm=norm, iterations=iterations, restarts=restarts,
                               step_size=step_size, eot=eot, queries=queries, seed=seed)
-    if json_out:
-        check_writable(json_out)
-    if report_dir:
-        check_writable(Path(report_dir) / "report.json")
+    _check_outputs(json_out, *(Path(report_dir) / name for name in ("report.json", "report.md")
+                               if report_dir), inputs=(model, _profile_file(energy_profile)))
     target = load_target(model)
     target.require_deployment()
     name = dataset or str(target.coding.get("dataset", "digits"))
@@ -578,16 +630,19 @@ def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, 
     for c in report["diagnostics"]:
         mark = {True: "ok  ", False: "WARN", None: "skip"}[c["passed"]]
         click.echo(f"[{mark}] {c['check']}: {c['detail']}")
+    with all_or_nothing():  # the JSON and the report folder, or none of them
+        if json_out:
+            write_json(report, json_out)
+        if report_dir:
+            from snn_deploy.evaluate.plots import write_plots
+
+            out = Path(report_dir)
+            plots = write_plots(result, out, energy_basis=energy)
+            write_json(report, out / "report.json")
+            write_text(markdown(report, plots=plots), out / "report.md")
     if json_out:
-        write_json(report, json_out)
         click.echo(f"wrote {json_out}")
     if report_dir:
-        from snn_deploy.evaluate.plots import write_plots
-
-        out = Path(report_dir)
-        plots = write_plots(result, out, energy_basis=energy)
-        write_json(report, out / "report.json")
-        write_text(markdown(report, plots=plots), out / "report.md")
         click.echo(f"wrote {out / 'report.json'}, {out / 'report.md'} and {len(plots)} plots")
 
 
@@ -612,11 +667,10 @@ def compare(reports) -> None:
     """Print evaluate reports (JSON) side by side."""
     loaded = []
     for path in reports:
+        text = read_text_bounded(path, limit=MAX_TEXT_BYTES, what="report")
         try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"report not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
             raise UserError(f"{path} is not a JSON report") from None
         if not isinstance(data, dict):
             raise UserError(f"{path} is not an evaluate report (a JSON {type(data).__name__})")
@@ -648,8 +702,7 @@ def resources(deployment, profile, json_out) -> None:
     from snn_deploy.profiles import load_profile
     from snn_deploy.targets import load_target
 
-    if json_out:
-        check_writable(json_out)
+    _check_outputs(json_out, inputs=(deployment, _profile_file(profile)))
     chosen = load_profile(profile) if profile else None  # a bad name fails first
     dep = load_target(deployment).require_deployment()
     report = count(dep, chosen or dep.profile)
@@ -668,11 +721,12 @@ def study(config_path, out_dir) -> None:
     """Train a grid (coding x decoder x rule x recurrence x regulariser x seeds), deploy every cell,
     attack it on the backend with its own decoder, and write study.csv, study.md and study.png
     (mean and spread over seeds)."""
-    from snn_deploy.evaluate.study import load_study, run_study
+    from snn_deploy.evaluate.study import folder_name, load_study, run_study
 
     config = load_study(config_path)
-    out = Path(out_dir) if out_dir is not None else Path("study_out") / config.name
-    check_writable(out / "study.csv")
+    out = Path(out_dir) if out_dir is not None else Path("study_out") / folder_name(config.name)
+    _check_outputs(*(out / name for name in ("study.csv", "study.md", "study.png")),
+                   inputs=(config_path,))
     result = run_study(config, out, on_progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"{len(result.cells)} cells: {result.ran} run, {result.skipped} skipped"
                f" (finished before), {result.failed} failed")
@@ -690,13 +744,34 @@ def profiles() -> None:
         click.echo(f"{name:10s} {load_profile(name).description}  ({path})")
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind the command as Ctrl-C does (Lava runtimes stopped, temporary
+    files removed) instead of killing it mid-way; the handlers before are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_terminated)
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps bad input to one line on stderr and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        cli.main(args=argv, prog_name="snn-deploy", standalone_mode=False)
+        with _terminate_as_interrupt():
+            cli.main(args=argv, prog_name="snn-deploy", standalone_mode=False)
     except UserError as exc:
         click.echo(f"snn-deploy: error: {exc}", err=True)
         return EXIT_BAD_INPUT
@@ -706,7 +781,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"snn-deploy: error: {exc.format_message()}", err=True)
         return EXIT_BAD_INPUT
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc
+        if isinstance(cause, Terminated):  # click turns KeyboardInterrupt into Abort
+            click.echo(f"snn-deploy: terminated by {signal.Signals(cause.signum).name}", err=True)
+            return 128 + cause.signum
         click.echo("snn-deploy: interrupted", err=True)
         return 130
     return 0

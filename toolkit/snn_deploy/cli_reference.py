@@ -13,7 +13,9 @@ HEADER = """# CLI reference
 
 Generated from `snn-deploy COMMAND --help` by `python -m snn_deploy.cli_reference > docs/cli.md`;
 `tests/test_cli_reference.py` fails when this file and the commands disagree. Exit status: 0 on
-success, 2 on bad input (one line on stderr, no output file left behind), 1 on an internal error.
+success, 2 on bad input (one line on stderr, no output file left behind), 1 on an internal error,
+130 on Ctrl-C, 143 on SIGTERM and 129 on SIGHUP (Lava runtimes stopped, nothing written). What
+each reader refuses, and why: [security.md](security.md).
 """
 
 

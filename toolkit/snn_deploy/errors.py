@@ -29,3 +29,13 @@ class QuantizationError(UserError):
 
 class BackendUnavailable(UserError):
     """A backend cannot run here (a missing package or device)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived. Raised like Ctrl-C's KeyboardInterrupt, so that everything that
+    cleans up after Ctrl-C (Lava runtimes stopped, temporary files removed) runs for it too; the
+    CLI then exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

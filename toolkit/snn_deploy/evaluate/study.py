@@ -58,6 +58,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -65,8 +66,10 @@ from typing import Any, Callable
 import numpy as np
 import tomli
 
+from snn_deploy.bounds import (MAX_BATCH, MAX_EPOCHS, MAX_ITERATIONS, MAX_SEED, MAX_STEPS,
+                               MAX_TEXT_BYTES, layer_sizes_problem)
 from snn_deploy.errors import InputFileError, UserError
-from snn_deploy.fileio import atomic_path
+from snn_deploy.fileio import atomic_path, read_text_bounded
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +203,29 @@ _GRID_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The largest value each integer [study] key takes (bounds.py says why).
+_STUDY_MAXIMA = {"steps": MAX_STEPS, "epochs": MAX_EPOCHS, "batch_size": MAX_BATCH,
+                 "limit": 1 << 31, "iterations": MAX_ITERATIONS}
+# A study name becomes a folder name: these characters, at most this long.
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+MAX_NAME = 64
+
+
+def folder_name(name: str) -> str:
+    """The study's folder name: ``name`` with every character other than letters, digits, ``.``,
+    ``_`` and ``-`` replaced by ``_``, no leading dot, at most ``MAX_NAME`` long; so that
+    ``study_out/<folder_name>`` stays inside ``study_out`` whatever the config says."""
+    safe = _NAME_CHARS.sub("_", name).lstrip(".")[:MAX_NAME]
+    return safe or "study"
+
+
 def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study TOML file (see the module docstring)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"study config not found: {path}")
+    text = read_text_bounded(path, limit=MAX_TEXT_BYTES, what="study config")
     try:
-        data = tomli.loads(path.read_text())
-    except (tomli.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
         raise InputFileError(f"{path} is not valid TOML: {exc}") from None
     return parse_study(data, origin=str(path))
 
@@ -234,15 +252,16 @@ def parse_study(data: dict, *, origin: str = "study") -> StudyConfig:
     except UserError as exc:
         raise UserError(f"{key('profile')}: {exc}") from None
     _choice(s["backend"], STUDY_BACKENDS, key("backend"))
-    for name in ("steps", "epochs", "batch_size", "limit", "iterations"):
-        _positive_int(s[name], key(name))
+    for name, top in _STUDY_MAXIMA.items():
+        _positive_int(s[name], key(name), top=top)
     seeds = _list(s["seeds"], key("seeds"))
     for seed in seeds:
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise UserError(f"{key('seeds')}: seeds must be integers >= 0, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise UserError(f"{key('seeds')}: seeds must be integers in 0..{MAX_SEED}, got {seed!r}")
     hidden = s["hidden"] if isinstance(s["hidden"], list) else [s["hidden"]]
-    for size in _list(hidden, key("hidden")):
-        _positive_int(size, key("hidden"))
+    problem = layer_sizes_problem(_list(hidden, key("hidden")))
+    if problem:
+        raise UserError(f"{key('hidden')}: {problem}")
     for name in ("lr", "perturbation_sigma"):
         value = s[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -329,9 +348,9 @@ def _choice(value: object, known: dict | tuple | frozenset, where: str) -> None:
         raise UserError(f"{where}: unknown value {value!r} (choose from {', '.join(known)})")
 
 
-def _positive_int(value: object, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{where} must be an integer >= 1, got {value!r}")
+def _positive_int(value: object, where: str, *, top: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise UserError(f"{where} must be an integer in 1..{top}, got {value!r}")
 
 
 def _list(value: object, where: str) -> list:

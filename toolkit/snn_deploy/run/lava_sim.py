@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from snn_deploy.errors import UserError
+from snn_deploy.errors import Terminated, UserError
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.run.recording import Recording
 
@@ -48,48 +48,98 @@ _SIGN_MODE_NAMES = {"mixed": "MIXED", "excitatory": "EXCITATORY", "inhibitory": 
 RUN_CHUNKS = 20  # the run is split into this many RunSteps calls, for progress reports
 
 
+# Signals that end a run: Ctrl-C, and SIGTERM / SIGHUP (a job scheduler, a closed terminal).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 @contextlib.contextmanager
 def _stopping(process) -> Iterator[None]:
-    """Stop the Lava runtime of ``process`` when the block ends, however it ends.
+    """Stop the Lava runtime of ``process`` when the block ends, however it ends: an error,
+    Ctrl-C, or SIGTERM / SIGHUP (raised as ``Terminated`` meanwhile where nobody handles them, so
+    that Lava's workers and its shared memory do not outlive this process).
 
     Lava 0.10's ``stop()`` of a runtime that was created but never ran waits forever: its workers
     wait for a first command that never comes (tests/test_interrupt.py shows it). Such a runtime
     (a Ctrl-C right after ``create_runtime``) first runs one step, which starts it, then stops.
     """
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            runtime = process.runtime
-            if runtime is not None and not runtime._is_started:
-                from lava.magma.core.run_conditions import RunSteps
+    with _terminate_raises():
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                runtime = process.runtime
+                if runtime is not None and not runtime._is_started:
+                    from lava.magma.core.run_conditions import RunSteps
 
-                process.run(condition=RunSteps(num_steps=1))
-        with contextlib.suppress(Exception):
-            process.stop()
+                    process.run(condition=RunSteps(num_steps=1))
+            with contextlib.suppress(Exception):
+                process.stop()
 
 
 @contextlib.contextmanager
-def _sigint_ignored_in_children() -> Iterator[None]:
-    """Start Lava's worker processes with SIGINT held back, so Ctrl-C reaches only this process.
+def _terminate_raises() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Terminated`` in the block, where their action is the default
+    (death without clean-up); handlers someone else set (the CLI's) are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
-    A terminal's Ctrl-C signals the whole process group. Lava's workers die of it, and the
-    runtime's stop() then waits forever for their answer. While the workers are forked, SIGINT
-    only notes itself (the workers inherit that handler, so they never act on it); a Ctrl-C that
-    came meanwhile is raised as KeyboardInterrupt once they are up, and the runtime is stopped
-    cleanly by the caller (``_stopping``). Before, such a Ctrl-C was ignored and lost.
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (Lava's shared memory registers with it) with
+    SIGHUP ignored. It is exec'd, so it inherits no Python handler, only an ignored signal; it
+    ignores SIGINT and SIGTERM itself, not SIGHUP, and a closed terminal would kill it (Python then
+    warns on stderr that it "died unexpectedly" and starts another)."""
+    from multiprocessing import resource_tracker
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+@contextlib.contextmanager
+def _signals_held_in_children() -> Iterator[None]:
+    """Start Lava's worker processes with SIGINT, SIGTERM and SIGHUP held back, so that these
+    signals reach only this process, which then stops the runtime cleanly.
+
+    A terminal's Ctrl-C (and a closed terminal's SIGHUP) signals the whole process group. Lava's
+    workers die of it, the runtime's stop() then waits forever for their answer, and the shared
+    memory segments of Lava's manager process stay in /dev/shm. While the workers are forked, these
+    signals only note themselves (the workers inherit that handler, so they never act on them); a
+    signal that came meanwhile is raised here once they are up (KeyboardInterrupt or
+    ``Terminated``), and the runtime is stopped cleanly by the caller (``_stopping``).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    previous = {signum: signal.signal(signum, lambda signum, frame: pending.append(signum))
+                for signum in _STOP_SIGNALS}
     try:
+        _start_resource_tracker()
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if pending:
-        raise KeyboardInterrupt
+        if pending[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(pending[0])
 
 
 class Bridge(Protocol):
@@ -212,7 +262,7 @@ def execute(graph: LavaGraph, *, on_progress: Callable[[int, int], None] | None 
     pauses = graph.pauses()
     done = 0
     with _stopping(graph.source):
-        with _sigint_ignored_in_children():
+        with _signals_held_in_children():
             graph.source.create_runtime(run_cfg=run_cfg)
         for stop in sorted(reports | set(pauses)):
             if stop > done:
