@@ -7,7 +7,9 @@ never another exception; what loads must also run. Inputs: mutations of real che
 (truncation, bit flips, overwritten byte runs, drawn by hypothesis as in tests/test_fuzz.py), and
 structured defects (wrong or missing keys, wrong tensor shapes and dtypes, NaN/Inf weights, absurd
 sizes, files that are not torch archives, a plain pickle, a tensor claiming more bytes than its
-record: a torch 2.3 bug, see ``test_torch_trusts_a_declared_storage_size``)."""
+record: a torch 2.3 bug, see ``test_torch_trusts_a_declared_storage_size``). Archives built to run
+code or to be read differently by torch (TorchScript, extra members, hostile pickles) are in
+tests/test_security_checkpoint.py."""
 
 from __future__ import annotations
 

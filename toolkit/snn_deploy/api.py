@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -23,6 +25,7 @@ from snn_deploy.convert.nirgraph import (
 )
 from snn_deploy.data import load_dataset
 from snn_deploy.errors import InputFileError, UserError
+from snn_deploy.fileio import regular_input
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.quantize.fixed_point import quantize_network
@@ -194,17 +197,52 @@ def calibration_input(network: FloatNetwork, *, dataset: str | None, calibration
     return x
 
 
+# numpy 1.26's default max_header_size (numpy/lib/format.py), in characters; its own check comes
+# after it has read the header, whose length field (4 bytes in versions 2 and 3) is checked first.
+NPY_HEADER_MAX = 10_000
+NPY_LENGTH_BYTES = {(1, 0): 2, (2, 0): 4, (3, 0): 4}  # the header length field of each version
+
+
 def load_npy(path: str | Path) -> np.ndarray:
-    """``np.load`` of a numeric array, never unpickling objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"file not found: {path}")
+    """A numeric array from a user's .npy file, checked before its data is read: a regular file
+    (``regular_input``: no FIFO or device), a header of format 1, 2 or 3, a dtype torch takes
+    (bool, int, uint, float up to 64 bits; returned in native byte order) and exactly
+    prod(shape) * itemsize bytes after the header, so nothing larger than the file is allocated;
+    finite values. Never unpickles objects."""
+    path = regular_input(path)
+    fmt = np.lib.format
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputFileError(f"{path} is not a readable .npy array: {exc}") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise InputFileError(f"{path} must hold a numeric array, got dtype {arr.dtype}")
+        with path.open("rb") as f:
+            version = fmt.read_magic(f)
+            if version not in NPY_LENGTH_BYTES:
+                raise ValueError(f"unknown .npy format version {version}")
+            start = f.tell()
+            length = int.from_bytes(f.read(NPY_LENGTH_BYTES[version]), "little")
+            if length > NPY_HEADER_MAX:
+                raise ValueError(f"header of {length:,} bytes, more than {NPY_HEADER_MAX:,}")
+            f.seek(start)
+            # version 3 is version 2 with a UTF-8 header: the same for a numeric dtype's ASCII one
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f, max_header_size=NPY_HEADER_MAX)
+            if dtype.kind not in "biuf" or dtype.itemsize > 8:
+                raise InputFileError(f"{path} must hold a numeric array, got dtype {dtype}")
+            if min(shape, default=0) < 0:
+                raise InputFileError(f"{path}: the header declares the negative shape {shape}")
+            nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            follow = os.fstat(f.fileno()).st_size - f.tell()
+            if nbytes != follow:
+                raise InputFileError(f"{path}: the header declares shape {shape} of {dtype},"
+                                     f" {nbytes:,} bytes, but {follow:,} bytes follow it")
+            data = bytearray(nbytes)
+            if f.readinto(data) != nbytes:
+                raise InputFileError(f"{path} changed while it was read")
+    except (ValueError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputFileError(f"{path} is not a readable .npy array: {first}") from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    arr = arr.astype(dtype.newbyteorder("="), copy=False)
     if not np.all(np.isfinite(arr)):
         raise InputFileError(f"{path} holds NaN or Inf")
     return arr

@@ -20,8 +20,15 @@ from typing import Iterator
 
 import click
 
-from snn_deploy.bounds import (MAX_BATCH, MAX_EPOCHS, MAX_ITERATIONS, MAX_SEED, MAX_STEPS,
-                               MAX_TEXT_BYTES, layer_sizes_problem)
+from snn_deploy.bounds import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_ITERATIONS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TEXT_BYTES,
+    layer_sizes_problem,
+)
 from snn_deploy.coding import ENCODERS
 from snn_deploy.data import DATASETS
 from snn_deploy.errors import Terminated, UserError
@@ -567,8 +574,13 @@ def attack(model, backend, attacks, eps, norm, iterations, restarts, step_size, 
     from snn_deploy.attack.base import AttackSettings
     from snn_deploy.attack.sources import SOURCE_KINDS
     from snn_deploy.data import load_dataset
-    from snn_deploy.evaluate.attack_report import (attack_report, markdown, results_table,
-                                                   square_note, write_text)
+    from snn_deploy.evaluate.attack_report import (
+        attack_report,
+        markdown,
+        results_table,
+        square_note,
+        write_text,
+    )
     from snn_deploy.evaluate.checks import run_checks
     from snn_deploy.evaluate.report import write_json
     from snn_deploy.evaluate.robustness import Evaluator, SourceSpec, sweep

@@ -12,7 +12,6 @@ from typing import Iterable, Iterator
 
 from snn_deploy.errors import InputFileError, UserError
 
-
 # A temporary output is named ".NAME.XXXXXXXX.tmp" next to NAME (tempfile.mkstemp): 14 bytes more.
 _TMP_NAME_EXTRA = 14
 # Files written inside ``all_or_nothing`` blocks, innermost last: (temporary, final) pairs and the

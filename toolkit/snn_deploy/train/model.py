@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +27,8 @@ import torch
 from norse.torch.functional.threshold import threshold
 
 from snn_deploy.errors import InputFileError, UserError
+from snn_deploy.fileio import regular_input
+from snn_deploy.train.checkpoint_archive import check_archive, first_line
 from snn_deploy.train.decoding import DECODERS
 
 CHECKPOINT_FORMAT = "snn-deploy-checkpoint"
@@ -263,18 +264,21 @@ def write_checkpoint(model: torch.nn.Module, *, kind: str, path: Path,
 
 def read_checkpoint(path: Path) -> dict:
     """The payload of an snn-deploy checkpoint of any kind (``payload["kind"]``: "lif" when absent,
-    or "ann"), checked for its format tag and version; never unpickles arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"checkpoint not found: {path}")
+    or "ann"), checked for its format tag and version; never unpickles arbitrary objects.
+
+    ``checkpoint_archive.check_archive`` vets the file before torch opens it: torch 2.3's
+    ``torch.load`` hands any archive holding ``constants.pkl`` to ``torch.jit.load``, whatever
+    ``weights_only`` says, and that runs the TorchScript module's ``__setstate__``
+    (tests/test_security_checkpoint.py)."""
+    path = regular_input(path, what="checkpoint")
+    check_archive(path)
     try:
-        _check_archive(path)
         # mmap: torch 2.3 trusts a tensor's declared size when it copies a record
         # (get_storage_from_record); a mapped file bounds it (tests/test_fuzz_checkpoint.py)
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for corrupt or pickled-object files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputFileError(f"{path} is not a readable snn-deploy checkpoint: {first}") from None
+        raise InputFileError(f"{path} is not a readable snn-deploy checkpoint:"
+                             f" {first_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputFileError(f"{path} is not an snn-deploy checkpoint (no '{CHECKPOINT_FORMAT}' tag)")
     if payload.get("version") != CHECKPOINT_VERSION:
@@ -283,20 +287,6 @@ def read_checkpoint(path: Path) -> dict:
             f" (this snn-deploy reads version {CHECKPOINT_VERSION})"
         )
     return payload
-
-
-def _check_archive(path: Path) -> None:
-    """torch.save writes a zip of uncompressed records: refuse anything else before torch reads it
-    (a record inflating past the file's own size is a zip bomb)."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # torch's own test for its format, before the legacy one
-            raise ValueError("not a torch zip archive")
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.file_size > size:
-                raise ValueError(f"record {info.filename} claims {info.file_size} bytes, more than"
-                                 f" the file's {size}")
 
 
 def load_weights(make: Callable[[], torch.nn.Module], state: object, path: Path) -> torch.nn.Module:
