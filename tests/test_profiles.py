@@ -3,11 +3,15 @@ profiles are refused by name."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import tomli
+from lava.proc.dense.models import PyDenseModelBitAcc
 from lava.proc.lif.models import PyLifModelBitAcc
+from lava.utils.weightutils import SignMode, clip_weights
+from snn_deploy import lava_formats as lava
 from snn_deploy.errors import ProfileError
-from snn_deploy.profiles import available_profiles, load_profile, parse_profile
+from snn_deploy.profiles import PROFILE_RANGES, available_profiles, load_profile, parse_profile
 
 
 def test_loihi2_matches_lava_fixed_point_lif():
@@ -23,6 +27,57 @@ def test_loihi2_matches_lava_fixed_point_lif():
     assert p.decay_bits == PyLifModelBitAcc.du.precision
     assert p.bias_mant_bits == PyLifModelBitAcc.bias_mant.precision
     assert p.bias_exp_max == (1 << PyLifModelBitAcc.bias_exp.precision) - 1
+
+
+def test_the_table_of_limits_is_lavas():
+    lif = PyLifModelBitAcc({"shape": (1,)})
+    assert lava.STATE_BITS == lif.uv_bitwidth == PyLifModelBitAcc.u.precision
+    assert lava.DECAY_BITS == lif.decay_shift == PyLifModelBitAcc.du.precision
+    assert (lava.DU_OFFSET, lava.DV_OFFSET) == (lif.ds_offset, lif.dm_offset)
+    assert lava.DECAY_OFFSET_MAX >= max(lif.ds_offset, lif.dm_offset)
+    assert lava.THRESHOLD_BITS == PyLifModelBitAcc.vth.precision
+    assert (lava.THRESHOLD_SHIFT, lava.ACTIVATION_SHIFT) == (lif.vth_shift, lif.act_shift)
+    assert lava.BIAS_MANT_BITS == PyLifModelBitAcc.bias_mant.precision
+    assert lava.BIAS_EXP_BITS == PyLifModelBitAcc.bias_exp.precision
+    assert lava.MESSAGE_BITS == PyLifModelBitAcc.s_out.precision
+    assert lava.WEIGHT_BITS == PyDenseModelBitAcc.weights.precision
+    assert np.dtype(PyLifModelBitAcc.u.d_type).itemsize * 8 == lava.INT_BITS
+    w = np.arange(-400, 400)
+    for mode in lava.SIGN_MODES:
+        clipped = clip_weights(w, getattr(SignMode, mode.upper()), num_bits=lava.WEIGHT_BITS)
+        assert lava.weight_clip_range(mode) == (clipped.min(), clipped.max()), mode
+
+
+def test_every_shipped_profile_lies_within_lavas_formats():
+    for name in available_profiles():
+        p = load_profile(name)
+        for field, (lo, hi) in PROFILE_RANGES.items():
+            assert lo <= getattr(p, field) <= hi, (name, field)
+
+
+@pytest.mark.parametrize("field", list(PROFILE_RANGES))
+def test_each_key_is_refused_just_outside_its_range_with_the_range(field):
+    text = load_profile("loihi2").toml_text
+    key = {"weight_bits": "bits", "weight_exp_min": "exp_min", "weight_exp_max": "exp_max",
+           "input_graded_bits": "graded_bits"}.get(field, field)
+    value = getattr(load_profile("loihi2"), field)
+    lo, hi = PROFILE_RANGES[field]
+    for bad in (lo - 1, hi + 1):
+        edited = text.replace(f"\n{key} = {value}\n", f"\n{key} = {bad}\n")
+        assert edited != text
+        with pytest.raises(ProfileError, match=rf"{key} = {bad} is outside {lo}\.\.{hi}") as info:
+            parse_profile(edited)
+        assert "\n" not in str(info.value)
+
+
+def test_a_threshold_wider_than_the_state_is_refused():
+    text = load_profile("loihi2").toml_text
+    with pytest.raises(ProfileError, match=r"threshold_bits \+ threshold_shift = 17 \+ 6 = 23 >"
+                                           r" state_bits - 1 = 19"):
+        parse_profile(text.replace("state_bits = 24", "state_bits = 20"))
+    narrower = parse_profile(text.replace("state_bits = 24", "state_bits = 20")
+                             .replace("threshold_bits = 17", "threshold_bits = 13"))
+    assert (narrower.state_max, narrower.vth_max) == (1 << 19, (1 << 13) - 1)
 
 
 def test_profiles_are_found_by_name_and_path():
@@ -48,12 +103,27 @@ def test_missing_keys_are_all_named():
 
 def test_impossible_and_malformed_profiles():
     text = load_profile("loihi2").toml_text
-    with pytest.raises(ProfileError, match="exp_min 9 > exp_max 7"):
+    with pytest.raises(ProfileError, match="exp_min = 9 is outside -8..7; .*exp_min 9 > exp_max 7"):
         parse_profile(text.replace("exp_min = -8", "exp_min = 9"))
+    with pytest.raises(ProfileError, match="exp_min 3 > exp_max 2"):
+        parse_profile(text.replace("exp_min = -8", "exp_min = 3").replace("exp_max = 7", "exp_max = 2"))
     with pytest.raises(ProfileError, match="must be an integer"):
         parse_profile(text.replace("state_bits = 24", 'state_bits = "24"'))
     with pytest.raises(ProfileError, match="not valid TOML"):
         parse_profile("name = [")
+
+
+def test_a_profile_that_is_not_a_small_regular_file_is_refused_unread(tmp_path):
+    link = tmp_path / "zero.toml"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(ProfileError, match="zero.toml"):
+        load_profile(link)
+    big = tmp_path / "big.toml"
+    big.write_text(load_profile("loihi2").toml_text + "#" * (2 << 20))
+    with pytest.raises(ProfileError, match="big.toml is larger than"):
+        load_profile(big)
+    with pytest.raises(ProfileError, match="profile not found"):
+        load_profile(tmp_path / "missing.toml")
 
 
 # --------------------------------------------------------------------------------------------

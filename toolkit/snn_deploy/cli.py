@@ -108,9 +108,17 @@ def _device(name: str) -> str:
 
 
 def _progress(desc: str, total: int):
+    return _bar(total=total, desc=desc, unit="step", leave=False)
+
+
+def _bar(*, total: int, desc: str, unit: str, leave: bool = True):
+    """A tqdm bar on stderr (off when stderr is not a terminal). Its lock is a thread lock:
+    tqdm's default makes a multiprocessing lock, which fixes multiprocessing's start method, and
+    Lava's import, which sets it to fork, then fails in the same process."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr,
+    tqdm.set_lock(threading.RLock())
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr,
                 disable=None)
 
 
@@ -193,8 +201,6 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, c
           eps, attack_steps, beta, recurrent, rule, loss, decoder_beta, init, noise_sigma, kappa,
           perturbation_weight, out) -> None:
     """Train a Norse LIF network with surrogate-gradient BPTT (or, with --ann, a ReLU ANN)."""
-    from tqdm import tqdm
-
     from snn_deploy import api
     from snn_deploy.train.model import save_checkpoint
 
@@ -218,7 +224,7 @@ def train(dataset, encoding, hidden, steps, epochs, lr, batch_size, seed, ann, c
                    out=out)
         return
     hidden = hidden or (128,)
-    bar = tqdm(total=epochs, desc="train", unit="epoch", file=sys.stderr, disable=None)
+    bar = _bar(total=epochs, desc="train", unit="epoch")
 
     def on_epoch(stats) -> None:
         bar.update(1)

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import tomli
 
-from snn_deploy.errors import ProfileError
+from snn_deploy import lava_formats as lava
+from snn_deploy.bounds import MAX_TEXT_BYTES
+from snn_deploy.errors import InputFileError, ProfileError
+from snn_deploy.fileio import read_text_bounded
 
 # (section, key) -> Profile field. Every key is required: a profile that omits one is refused.
 _REQUIRED_KEYS: dict[tuple[str, str], str] = {
@@ -33,6 +36,27 @@ _REQUIRED_KEYS: dict[tuple[str, str], str] = {
     ("neuron", "bias_mant_bits"): "bias_mant_bits",
     ("neuron", "bias_exp_max"): "bias_exp_max",
     ("input", "graded_bits"): "input_graded_bits",
+}
+
+# The values each number-format key may take: from a degenerate but computable chip up to Lava's
+# own format (snn_deploy/lava_formats.py, which cites the Lava file of each): a profile may
+# describe a narrower chip than Lava's, never a wider one. Checked with the relations in
+# _relation_problems.
+PROFILE_RANGES: dict[str, tuple[int, int]] = {
+    "weight_bits": (lava.PROFILE_NUM_WEIGHT_BITS_MIN, lava.WEIGHT_BITS),
+    "num_weight_bits": (lava.PROFILE_NUM_WEIGHT_BITS_MIN, lava.WEIGHT_BITS),
+    "weight_exp_min": (lava.WEIGHT_EXP_MIN, lava.WEIGHT_EXP_MAX),
+    "weight_exp_max": (lava.WEIGHT_EXP_MIN, lava.WEIGHT_EXP_MAX),
+    "state_bits": (2, lava.STATE_BITS),  # a sign and one bit; the threshold must also fit
+    "decay_bits": (1, lava.DECAY_BITS),
+    "du_offset": (0, lava.DECAY_OFFSET_MAX),
+    "dv_offset": (0, lava.DECAY_OFFSET_MAX),
+    "threshold_bits": (1, lava.THRESHOLD_BITS),
+    "threshold_shift": (0, lava.THRESHOLD_SHIFT),
+    "activation_shift": (0, lava.ACTIVATION_SHIFT),
+    "bias_mant_bits": (2, lava.BIAS_MANT_BITS),  # signed: a sign and at least one bit
+    "bias_exp_max": (0, lava.BIAS_EXP_MAX),
+    "input_graded_bits": (1, lava.MESSAGE_BITS),
 }
 
 # What an [energy] section's figures are: simulated before silicon, borrowed from another chip
@@ -128,7 +152,13 @@ class Profile:
 
     @property
     def vth_max(self) -> int:
+        """Largest threshold mantissa (131071 for 17-bit vth)."""
         return (1 << self.threshold_bits) - 1
+
+    @property
+    def bias_mant_max(self) -> int:
+        """Largest bias mantissa (4095 for a signed 13-bit one; the smallest is -bias_mant_max - 1)."""
+        return (1 << (self.bias_mant_bits - 1)) - 1
 
 
 def _profile_dir() -> Path:
@@ -144,7 +174,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """Read a profile by name (``loihi2``) or from a TOML file path.
 
     Raises:
-        ProfileError: unknown name, unreadable TOML, missing keys or values of the wrong type.
+        ProfileError: unknown name, a file that is not a regular one of at most
+            ``MAX_TEXT_BYTES`` (a FIFO or /dev/zero is refused unread), unreadable TOML, missing
+            keys, values of the wrong type or outside ``PROFILE_RANGES``.
     """
     path = Path(name_or_path)
     if path.suffix != ".toml":
@@ -156,14 +188,17 @@ def load_profile(name_or_path: str | Path) -> Profile:
             )
         path = known[str(name_or_path)]
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+        text = read_text_bounded(path, limit=MAX_TEXT_BYTES, what="profile")
+    except InputFileError as exc:
+        raise ProfileError(str(exc)) from None
     return parse_profile(text, origin=str(path))
 
 
 def parse_profile(text: str, *, origin: str = "<profile>") -> Profile:
-    """Build a Profile from TOML text, naming every missing or malformed key at once."""
+    """Build a Profile from TOML text, naming every missing, malformed or out-of-range key at once."""
+    if len(text) > MAX_TEXT_BYTES:
+        raise ProfileError(f"profile {origin} is larger than {MAX_TEXT_BYTES:,} characters:"
+                           " refused")
     try:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
@@ -184,18 +219,7 @@ def parse_profile(text: str, *, origin: str = "<profile>") -> Profile:
         problems.append("missing name")
     if problems:
         raise ProfileError(f"profile {origin}: " + "; ".join(problems))
-    if values["weight_exp_min"] > values["weight_exp_max"]:
-        problems.append(
-            f"[weights] exp_min {values['weight_exp_min']} > exp_max {values['weight_exp_max']}"
-        )
-    for field in ("weight_bits", "num_weight_bits", "state_bits", "decay_bits", "threshold_bits",
-                  "bias_mant_bits", "input_graded_bits"):
-        if not 1 <= values[field] <= 32:
-            problems.append(f"{field} = {values[field]} is outside 1..32")
-    if values["num_weight_bits"] > values["weight_bits"]:
-        problems.append(
-            f"num_weight_bits {values['num_weight_bits']} > weight bits {values['weight_bits']}"
-        )
+    problems += _range_problems(values) + _relation_problems(values)
     if problems:
         raise ProfileError(f"profile {origin} is impossible: " + "; ".join(problems))
     return Profile(
@@ -207,6 +231,38 @@ def parse_profile(text: str, *, origin: str = "<profile>") -> Profile:
         limits=_parse_limits(data.get("limits"), origin=origin),
         **values,
     )
+
+
+_KEY_OF = {field: f"[{section}] {key}" for (section, key), field in _REQUIRED_KEYS.items()}
+
+
+def _range_problems(values: dict[str, int]) -> list[str]:
+    """Each number-format key outside its ``PROFILE_RANGES`` range, with the range."""
+    return [f"{_KEY_OF[field]} = {values[field]} is outside {lo}..{hi}"
+            for field, (lo, hi) in PROFILE_RANGES.items() if not lo <= values[field] <= hi]
+
+
+def _relation_problems(values: dict[str, int]) -> list[str]:
+    """Keys that are each in range but do not fit together."""
+    problems = []
+    if values["weight_exp_min"] > values["weight_exp_max"]:
+        problems.append(
+            f"[weights] exp_min {values['weight_exp_min']} > exp_max {values['weight_exp_max']}"
+        )
+    if values["num_weight_bits"] > values["weight_bits"]:
+        problems.append(
+            f"num_weight_bits {values['num_weight_bits']} > weight bits {values['weight_bits']}"
+        )
+    # The largest threshold, vth_max << threshold_shift, must be a value v can hold (v saturates at
+    # 2**(state_bits - 1) - 1): Lava's 17 + 6 = 23 = 24 - 1.
+    top = values["threshold_bits"] + values["threshold_shift"]
+    if top > values["state_bits"] - 1:
+        problems.append(
+            f"threshold_bits + threshold_shift = {values['threshold_bits']} +"
+            f" {values['threshold_shift']} = {top} > state_bits - 1 = {values['state_bits'] - 1}:"
+            " v could never reach the largest thresholds"
+        )
+    return problems
 
 
 def _parse_limits(table: object, *, origin: str) -> Limits:

@@ -66,8 +66,15 @@ from typing import Any, Callable
 import numpy as np
 import tomli
 
-from snn_deploy.bounds import (MAX_BATCH, MAX_EPOCHS, MAX_ITERATIONS, MAX_SEED, MAX_STEPS,
-                               MAX_TEXT_BYTES, layer_sizes_problem)
+from snn_deploy.bounds import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_ITERATIONS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TEXT_BYTES,
+    layer_sizes_problem,
+)
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.fileio import atomic_path, read_text_bounded
 

@@ -7,19 +7,21 @@ file's SHA-256 and the source file itself (so the float reference travels with i
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from snn_deploy.errors import InputFileError, ProfileError, UserError
+from snn_deploy import lava_formats as lava
+from snn_deploy.errors import InputFileError, ProfileError, QuantizationError
 from snn_deploy.fileio import atomic_path
 from snn_deploy.hdf5_limits import check_declared_sizes
 from snn_deploy.profiles import Profile, parse_profile
 
 FORMAT_TAG = "snn-deploy-deployment"
 FORMAT_VERSION = 1
-SIGN_MODES = ("mixed", "excitatory", "inhibitory")
+SIGN_MODES = lava.SIGN_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,18 +149,87 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _read_recurrent(g: h5py.Group) -> RecurrentSynapse | None:
+_INT64_LIMIT = 2.0**63
+_INT32_RANGE = (-(1 << (lava.INT_BITS - 1)), (1 << (lava.INT_BITS - 1)) - 1)
+
+
+def _integer(value: object, what: str) -> int:
+    """An HDF5 attribute as an int: an integer, or a float that is finite and whole. NaN, inf,
+    2.5, 1e300 or text are an InputFileError naming ``what`` (int() would raise a bare
+    ValueError or OverflowError, or truncate 2.5 to 2)."""
+    arr = np.asarray(value)
+    ok = arr.shape == () and arr.dtype.kind in "iuf"
+    if ok and arr.dtype.kind == "f":
+        x = float(arr)
+        ok = math.isfinite(x) and x == math.floor(x) and abs(x) < _INT64_LIMIT
+    if not ok:
+        raise InputFileError(f"{what} must be an integer, got {value!r}")
+    return int(arr)
+
+
+def _real(value: object, what: str) -> float:
+    """An HDF5 attribute as a float (validate_deployment checks its range)."""
+    arr = np.asarray(value)
+    if arr.shape != () or arr.dtype.kind not in "iuf":
+        raise InputFileError(f"{what} must be a number, got {value!r}")
+    return float(arr)
+
+
+def _int32_array(data: object, what: str) -> np.ndarray:
+    """A stored integer array as int32. Floats must be whole and finite (a NaN cast to int32 is
+    silently -2**31), every value within int32 (a cast would silently wrap)."""
+    arr = np.asarray(data)
+    if arr.dtype.kind not in "iuf":
+        raise InputFileError(f"{what} must hold integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.size and not (
+            np.all(np.isfinite(arr)) and np.array_equal(arr, np.floor(arr))):
+        raise InputFileError(f"{what} must hold integers, got non-integer or non-finite floats")
+    lo, hi = _INT32_RANGE
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise InputFileError(f"{what} holds values {arr.min()}..{arr.max()} beyond int32")
+    return arr.astype(np.int32)
+
+
+def _read_stats(a: h5py.AttributeManager, where: str) -> LayerStats:
+    value = a["threshold_saturated"]
+    flag = np.asarray(value)
+    if flag.shape != () or flag.dtype.kind not in "biu" or int(flag) not in (0, 1):
+        raise InputFileError(f"{where}: stats threshold_saturated must be a boolean, got {value!r}")
+    return LayerStats(
+        weights_total=_integer(a["weights_total"], f"{where}: stats weights_total"),
+        weights_saturated=_integer(a["weights_saturated"], f"{where}: stats weights_saturated"),
+        threshold_saturated=bool(flag), u_peak_share=_real(a["u_peak_share"], f"{where}: u_peak_share"),
+        bias_saturated=_integer(a["bias_saturated"], f"{where}: stats bias_saturated"),
+    )
+
+
+def _read_recurrent(g: h5py.Group, where: str) -> RecurrentSynapse | None:
     if "recurrent" not in g:
         return None
     r = g["recurrent"]
-    return RecurrentSynapse(weights=np.asarray(r["weights"], dtype=np.int32),
-                            weight_exp=int(r.attrs["weight_exp"]),
+    return RecurrentSynapse(weights=_int32_array(r["weights"], f"{where}: recurrent weights"),
+                            weight_exp=_integer(r.attrs["weight_exp"], f"{where}: recurrent weight_exp"),
                             sign_mode=_text(r.attrs["sign_mode"]),
-                            num_weight_bits=int(r.attrs["num_weight_bits"]))
+                            num_weight_bits=_integer(r.attrs["num_weight_bits"],
+                                                     f"{where}: recurrent num_weight_bits"))
+
+
+def _read_layer(g: h5py.Group, where: str) -> QuantLayer:
+    return QuantLayer(
+        synapse=_text(g.attrs["synapse"]), neuron=_text(g.attrs["neuron"]),
+        weights=_int32_array(g["weights"], f"{where}: weights"),
+        sign_mode=_text(g.attrs["sign_mode"]), scale=_real(g.attrs["scale"], f"{where}: scale"),
+        bias_mant=_int32_array(g["bias_mant"], f"{where}: bias_mant"),
+        bias_exp=_int32_array(g["bias_exp"], f"{where}: bias_exp"),
+        stats=_read_stats(g["stats"].attrs, where), recurrent=_read_recurrent(g, where),
+        **{k: _integer(g.attrs[k], f"{where}: {k}") for k in _LAYER_SCALARS},
+    )
 
 
 def load_deployment(path: str | Path) -> Deployment:
-    """Read a Deployment file, refusing anything that is not one (one clear error)."""
+    """Read a Deployment file, refusing anything that is not one (one clear error): a damaged
+    file, values of the wrong type, or values outside its profile's formats
+    (``validate_deployment``)."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"deployment file not found: {path}")
@@ -168,70 +239,142 @@ def load_deployment(path: str | Path) -> Deployment:
     except OSError:
         raise InputFileError(f"{path} is not an HDF5 deployment file") from None
     with f:
-        if _text(f.attrs.get("format", "")) != FORMAT_TAG:
-            raise InputFileError(f"{path} is not an snn-deploy deployment (no '{FORMAT_TAG}' tag)")
-        if int(f.attrs.get("version", -1)) != FORMAT_VERSION:
-            raise InputFileError(
-                f"{path}: deployment format version {f.attrs.get('version')} is not supported"
-                f" (this snn-deploy reads version {FORMAT_VERSION})"
-            )
         try:
+            if _text(f.attrs.get("format", "")) != FORMAT_TAG:
+                raise InputFileError(f"{path} is not an snn-deploy deployment (no '{FORMAT_TAG}' tag)")
+            version = np.asarray(f.attrs.get("version", -1))
+            if not (version.shape == () and version.dtype.kind in "iu"
+                    and int(version) == FORMAT_VERSION):
+                raise InputFileError(
+                    f"{path}: deployment format version {version} is not supported"
+                    f" (this snn-deploy reads version {FORMAT_VERSION})"
+                )
             profile = parse_profile(_text(f.attrs["profile_toml"]), origin=f"{path}:profile")
             if profile.sha256 != _text(f.attrs["profile_sha256"]):
                 raise InputFileError(f"{path}: the embedded profile does not match its hash")
-            layers = []
-            for i in range(len(f["layers"])):
-                g = f[f"layers/{i}"]
-                stats = LayerStats(**{k: g["stats"].attrs[k].item()
-                                      for k in ("weights_total", "weights_saturated",
-                                                "threshold_saturated", "bias_saturated",
-                                                "u_peak_share")})
-                layers.append(QuantLayer(
-                    synapse=_text(g.attrs["synapse"]), neuron=_text(g.attrs["neuron"]),
-                    weights=np.asarray(g["weights"], dtype=np.int32),
-                    sign_mode=_text(g.attrs["sign_mode"]), scale=float(g.attrs["scale"]),
-                    bias_mant=np.asarray(g["bias_mant"], dtype=np.int32),
-                    bias_exp=np.asarray(g["bias_exp"], dtype=np.int32),
-                    stats=stats, recurrent=_read_recurrent(g),
-                    **{k: int(g.attrs[k]) for k in _LAYER_SCALARS},
-                ))
+            layers = tuple(_read_layer(f[f"layers/{i}"], f"{path}: layer {i}")
+                           for i in range(len(f["layers"])))
             dep = Deployment(
-                profile=profile, layers=tuple(layers),
-                input_size=int(f.attrs["input_size"]), input_scale=int(f.attrs["input_scale"]),
-                dt=float(f.attrs["dt"]),
+                profile=profile, layers=layers,
+                input_size=_integer(f.attrs["input_size"], f"{path}: input_size"),
+                input_scale=_integer(f.attrs["input_scale"], f"{path}: input_scale"),
+                dt=_real(f.attrs["dt"], f"{path}: dt"),
                 coding={k: (v.item() if hasattr(v, "item") else _text(v))
                         for k, v in f["coding"].attrs.items()},
                 source_sha256=_text(f.attrs["source_sha256"]),
                 source_nir=bytes(np.asarray(f["source_nir"], dtype=np.uint8)),
                 calibration=_text(f.attrs["calibration"]),
             )
-        except ProfileError:
+        except (ProfileError, InputFileError):
             raise
-        except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
+        except (KeyError, ValueError, TypeError, OSError, RuntimeError, OverflowError) as exc:
             raise InputFileError(f"{path} is a damaged deployment file: {exc}") from None
     validate_deployment(dep, origin=str(path))
     return dep
 
 
+def _outside(values: np.ndarray, lo: int, hi: int) -> str | None:
+    """The span "min..max" of ``values`` when some lie outside lo..hi, else None."""
+    if values.size and (values.min() < lo or values.max() > hi):
+        return f"{values.min()}..{values.max()}"
+    return None
+
+
+def _check_weights(w: np.ndarray, *, sign_mode: str, weight_exp: int, num_weight_bits: int,
+                   p: Profile, what: str) -> None:
+    """A Dense's mantissas, exponent and weight bits within the profile's formats."""
+    if sign_mode not in SIGN_MODES:
+        raise QuantizationError(f"{what}: unknown sign mode {sign_mode!r}, expected one of"
+                                f" {', '.join(SIGN_MODES)}")
+    if not np.issubdtype(w.dtype, np.integer):
+        raise QuantizationError(f"{what}: weights of dtype {w.dtype} are not integer mantissas")
+    lo, hi = lava.weight_clip_range(sign_mode, p.weight_bits)
+    found = _outside(w, lo, hi)
+    if found:
+        raise QuantizationError(f"{what}: {sign_mode} weights {found} outside {lo}..{hi}"
+                                f" ({p.weight_bits}-bit mantissas)")
+    if not p.weight_exp_min <= weight_exp <= p.weight_exp_max:
+        raise QuantizationError(f"{what}: weight_exp {weight_exp} outside the profile's"
+                                f" {p.weight_exp_min}..{p.weight_exp_max}")
+    lo, hi = lava.num_weight_bits_range(sign_mode, p.weight_bits)
+    if not lo <= num_weight_bits <= hi:
+        raise QuantizationError(f"{what}: num_weight_bits {num_weight_bits} outside {lo}..{hi}"
+                                f" ({sign_mode} sign mode)")
+
+
+def _check_stats(s: LayerStats, n: int, where: str) -> None:
+    ints = (s.weights_total, s.weights_saturated, s.bias_saturated)
+    if (not all(isinstance(v, (int, np.integer)) and v >= 0 for v in ints)
+            or s.weights_saturated > s.weights_total or s.bias_saturated > n
+            or not math.isfinite(s.u_peak_share) or s.u_peak_share < 0):
+        raise QuantizationError(
+            f"{where}: impossible stats: {s.weights_saturated} of {s.weights_total} weights and"
+            f" {s.bias_saturated} of {n} biases saturated, u peak share {s.u_peak_share}"
+        )
+
+
+def _check_input(dep: Deployment, origin: str) -> None:
+    """Deployment-wide fields: at least one layer, a positive finite dt, an input width and an
+    input scale that the first layer's messages can carry."""
+    if not dep.layers:
+        raise QuantizationError(f"{origin}: the deployment has no layers")
+    if dep.input_size < 1:
+        raise QuantizationError(f"{origin}: input_size {dep.input_size} must be >= 1")
+    if not (math.isfinite(dep.dt) and dep.dt > 0):
+        raise QuantizationError(f"{origin}: dt = {dep.dt} must be a finite number > 0 (seconds)")
+    bits = dep.layers[0].num_message_bits
+    if not 0 <= bits <= lava.MESSAGE_BITS:
+        raise QuantizationError(f"{origin}: layer 0: num_message_bits {bits} outside"
+                                f" 0..{lava.MESSAGE_BITS}")
+    top = (1 << bits) - 1 if bits else 1
+    if not 1 <= dep.input_scale <= top:
+        how = (f"graded input of {bits} bits carries 1..{top}" if top > 1 else
+               "binary input spikes (num_message_bits 0) take input_scale 1")
+        raise QuantizationError(f"{origin}: input_scale {dep.input_scale} is impossible: {how}")
+
+
 def validate_deployment(dep: Deployment, *, origin: str) -> None:
-    """Check shapes and value ranges against the profile; raises UserError naming the layer."""
+    """Check shapes and every value against the profile's formats (themselves within Lava's,
+    snn_deploy/lava_formats.py); raises QuantizationError naming the layer and the range."""
+    _check_input(dep, origin)
     width = dep.input_size
     p = dep.profile
+    unity = p.decay_unity
+    du_max = unity - max(p.du_offset, 1)  # 12-bit du, and du + du_offset <= 4096
+    dv_max = unity - p.dv_offset  # dv = 4096 (dm_offset 0) forgets v each step
     for i, layer in enumerate(dep.layers):
         where = f"{origin}: layer {i} ({layer.neuron})"
-        if layer.weights.ndim != 2 or layer.weights.shape[1] != width:
-            raise UserError(f"{where}: weights of shape {layer.weights.shape} do not take {width} inputs")
+        if layer.weights.ndim != 2 or layer.weights.shape[1] != width or layer.size < 1:
+            raise QuantizationError(f"{where}: weights of shape {layer.weights.shape} do not take"
+                                    f" {width} inputs to at least one neuron")
         n = layer.size
         if layer.bias_mant.shape != (n,) or layer.bias_exp.shape != (n,):
-            raise UserError(f"{where}: bias arrays do not have shape ({n},)")
-        if layer.sign_mode not in SIGN_MODES:
-            raise UserError(f"{where}: unknown sign mode {layer.sign_mode!r}")
+            raise QuantizationError(f"{where}: bias arrays do not have shape ({n},)")
+        _check_weights(layer.weights, sign_mode=layer.sign_mode, weight_exp=layer.weight_exp,
+                       num_weight_bits=layer.num_weight_bits, p=p, what=where)
         rec = layer.recurrent
-        if rec is not None and (rec.weights.shape != (n, n) or rec.sign_mode not in SIGN_MODES):
-            raise UserError(f"{where}: recurrent weights of shape {rec.weights.shape} and sign mode"
-                            f" {rec.sign_mode!r}; expected ({n}, {n}) and one of {SIGN_MODES}")
-        if not (0 <= layer.du < p.decay_unity and 0 <= layer.dv < p.decay_unity + 1):
-            raise UserError(f"{where}: du={layer.du}, dv={layer.dv} outside the {p.decay_bits}-bit range")
+        if rec is not None:
+            if rec.weights.shape != (n, n):
+                raise QuantizationError(f"{where}: recurrent weights of shape {rec.weights.shape};"
+                                        f" expected ({n}, {n})")
+            _check_weights(rec.weights, sign_mode=rec.sign_mode, weight_exp=rec.weight_exp,
+                           num_weight_bits=rec.num_weight_bits, p=p, what=f"{where} recurrent")
+        if not 0 <= layer.num_message_bits <= lava.MESSAGE_BITS:
+            raise QuantizationError(f"{where}: num_message_bits {layer.num_message_bits} outside"
+                                    f" 0..{lava.MESSAGE_BITS}")
+        if not (0 <= layer.du <= du_max and 0 <= layer.dv <= dv_max):
+            raise QuantizationError(f"{where}: du={layer.du}, dv={layer.dv} outside 0..{du_max},"
+                                    f" 0..{dv_max} ({p.decay_bits}-bit decays)")
         if not 0 <= layer.vth <= p.vth_max:
-            raise UserError(f"{where}: vth={layer.vth} outside 0..{p.vth_max}")
+            raise QuantizationError(f"{where}: vth={layer.vth} outside 0..{p.vth_max}")
+        found = _outside(layer.bias_mant, -p.bias_mant_max - 1, p.bias_mant_max)
+        if found:
+            raise QuantizationError(f"{where}: bias_mant {found} outside {-p.bias_mant_max - 1}.."
+                                    f"{p.bias_mant_max} ({p.bias_mant_bits}-bit signed)")
+        found = _outside(layer.bias_exp, 0, p.bias_exp_max)
+        if found:
+            raise QuantizationError(f"{where}: bias_exp {found} outside 0..{p.bias_exp_max}")
+        if not (math.isfinite(layer.scale) and layer.scale > 0):
+            raise QuantizationError(f"{where}: scale {layer.scale} must be a finite number > 0")
+        _check_stats(layer.stats, n, where)
         width = n

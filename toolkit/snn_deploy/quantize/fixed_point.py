@@ -15,7 +15,12 @@ unit) per layer so that ``v > theta`` keeps its meaning after rounding:
     vth * 2**6 = s * v_threshold            bias_mant * 2**bias_exp = s * (per-step voltage bias)
 
 ``s`` is the largest value for which the mantissas fit the Dense grid, vth fits its 17 bits and the
-calibrated peak of |u| stays within half the 24-bit range.
+calibrated peak of |u| stays within half the 24-bit range. The formats themselves are the
+profile's, within Lava's (snn_deploy/lava_formats.py).
+
+Every layer's ``LayerStats`` says what hit a range limit: weights and biases clipped, and a
+threshold clipped at vth_max or rounded down to 0 (the neuron then fires whenever v > 0); each
+such layer is also named in a warning, which ``api.deploy`` passes on to the CLI.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import warnings
 
 import numpy as np
 
+from snn_deploy import lava_formats as lava
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork
 from snn_deploy.errors import QuantizationError
 from snn_deploy.profiles import Profile
@@ -56,7 +62,7 @@ def weight_grid(profile: Profile, sign_mode: str) -> WeightGrid:
 
 
 def lava_dense_grid(weights: np.ndarray, *, sign_mode: str, num_weight_bits: int,
-                    weight_bits: int = 8) -> np.ndarray:
+                    weight_bits: int = lava.WEIGHT_BITS) -> np.ndarray:
     """The weights Lava's fixed-point Dense really uses: ``clip_weights(num_bits=weight_bits)``
     then ``truncate_weights`` (lava/utils/weightutils.py), as int32."""
     w = np.asarray(weights, dtype=np.int64)
@@ -89,7 +95,7 @@ def _uniform(values: np.ndarray, what: str, layer: FloatLayer) -> float:
 
 def _split_bias(bias_int: np.ndarray, profile: Profile) -> tuple[np.ndarray, np.ndarray, int]:
     """Integer bias -> (mantissa, exponent, number saturated) with the smallest exponent that fits."""
-    mant_max = (1 << (profile.bias_mant_bits - 1)) - 1
+    mant_max = profile.bias_mant_max
     mag = np.abs(bias_int)
     exp = np.zeros(bias_int.shape, dtype=np.int32)
     big = mag > mant_max
@@ -153,9 +159,56 @@ def bias_transient(drive: np.ndarray, *, syn_keep: float, v_keep: float) -> tupl
             return peak, at
 
 
+def _warn_limits(layer: FloatLayer, *, theta: float, vth: int, vth_raw: int, profile: Profile,
+                 weights_saturated: int, bias_saturated: int, weights_lost: bool) -> None:
+    """One warning naming what of ``layer`` hit a limit of the profile's formats, if anything."""
+    problems = []
+    if vth == 0:
+        problems.append(f"v_threshold {theta:.6g} rounds to vth = 0 (the neuron fires whenever"
+                        " v > 0): the layer's other values force too small a scale")
+    elif vth != vth_raw:
+        problems.append(f"v_threshold {theta:.6g} needs vth = {vth_raw}, clipped to"
+                        f" {profile.vth_max} ({profile.threshold_bits} bits)")
+    if weights_saturated:
+        problems.append(f"{weights_saturated} weights clipped at the {profile.weight_bits}-bit"
+                        " mantissa range")
+    if bias_saturated:
+        problems.append(f"{bias_saturated} biases clipped at {profile.bias_mant_max}"
+                        f" << {profile.bias_exp_max}")
+    if weights_lost:
+        problems.append("every weight rounds to 0 (the layer gets no input)")
+    if problems:
+        warnings.warn(f"layer {layer.neuron!r} saturates the profile's formats: "
+                      + "; ".join(problems), stacklevel=3)
+
+
+def _check_values(layer: FloatLayer, u_peak: float) -> None:
+    """Refuse an empty layer and NaN or inf parameters, naming them."""
+    if layer.weight.ndim != 2 or min(layer.weight.shape) < 1:
+        raise QuantizationError(f"layer {layer.neuron!r}: weights of shape {layer.weight.shape}:"
+                                " a layer needs at least one input and one neuron")
+    spec = layer.spec
+    values = {"weight": layer.weight, "bias": layer.bias, "recurrent weight": layer.recurrent,
+              "recurrent bias": layer.recurrent_bias, "syn_keep": spec.syn_keep,
+              "mem_gain": spec.mem_gain, "r": spec.r, "w_in": spec.w_in, "v_leak": spec.v_leak,
+              "v_threshold": spec.v_threshold, "v_reset": spec.v_reset,
+              "peak |u|": np.asarray(u_peak)}
+    bad = [name for name, v in values.items()
+           if v is not None and not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
+    if bad:
+        raise QuantizationError(f"layer {layer.neuron!r}: non-finite values (NaN or inf) in"
+                                f" {', '.join(bad)}")
+
+
 def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
                    input_scale: int, num_message_bits: int) -> QuantLayer:
-    """Quantize one synapse->neuron layer; ``u_peak`` is the peak |u| in float voltage units."""
+    """Quantize one synapse->neuron layer; ``u_peak`` is the peak |u| in float voltage units.
+
+    Raises:
+        QuantizationError: non-finite values, parameters that differ between neurons, a
+            threshold at or below the reset, or values no scale can represent.
+    """
+    _check_values(layer, u_peak)
     spec = layer.spec
     syn_keep = _uniform(spec.syn_keep, "the synaptic time constant", layer)
     mem_gain = _uniform(spec.mem_gain, "the membrane time constant", layer)
@@ -176,15 +229,21 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
                                 " must be > 0 (v would spike at rest)")
     unity = profile.decay_unity
     du = int(np.clip(round(unity * (1.0 - syn_keep)) - profile.du_offset, 0, unity - 1))
-    dv = int(np.clip(round(unity * mem_gain) - profile.dv_offset, 0, unity)) if spec.leak else 0
-    gain = mem_gain * spec.r * spec.w_in  # (n,) voltage per unit of synaptic input
-    w_eff = gain[:, None] * layer.weight / input_scale
-    # Per-step voltage bias: v_leak through the leak term, the Affine bias through the current
-    # (exact when the current does not persist, its steady state b / (1 - syn_keep) otherwise).
-    bias_in = layer.bias if layer.recurrent_bias is None else layer.bias + layer.recurrent_bias
-    bias_v = gain * bias_in / max(1.0 - syn_keep, 1e-12)
-    if spec.leak:
-        bias_v = bias_v + mem_gain * (spec.v_leak - v_reset)
+    dv_max = unity - profile.dv_offset  # dv + dv_offset <= unity: v keeps >= 0 of itself
+    dv = int(np.clip(round(unity * mem_gain) - profile.dv_offset, 0, dv_max)) if spec.leak else 0
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
+        gain = mem_gain * spec.r * spec.w_in  # (n,) voltage per unit of synaptic input
+        w_eff = gain[:, None] * layer.weight / input_scale
+        # Per-step voltage bias: v_leak through the leak term, the Affine bias through the
+        # current (exact when the current does not persist, its steady state b / (1 - syn_keep)
+        # otherwise).
+        bias_in = layer.bias if layer.recurrent_bias is None else layer.bias + layer.recurrent_bias
+        bias_v = gain * bias_in / max(1.0 - syn_keep, 1e-12)
+        if spec.leak:
+            bias_v = bias_v + mem_gain * (spec.v_leak - v_reset)
+    if not all(np.all(np.isfinite(x)) for x in (gain, w_eff, bias_v)):
+        raise QuantizationError(f"layer {layer.neuron!r}: its effective weights or bias overflow"
+                                " float64 (values near 1e308): no scale represents them")
     if syn_keep > 0 and np.any(bias_in != 0):
         v_keep = 1.0 - mem_gain if spec.leak else 1.0
         peak, step = bias_transient(gain * bias_in, syn_keep=syn_keep, v_keep=v_keep)
@@ -205,8 +264,14 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
         limits.append(U_HEADROOM * profile.state_max / u_peak)
     bias_peak = float(np.abs(bias_v).max(initial=0.0))
     if bias_peak > 0:
-        limits.append(((1 << (profile.bias_mant_bits - 1)) - 1) * 2.0**profile.bias_exp_max / bias_peak)
+        limits.append(profile.bias_mant_max * 2.0**profile.bias_exp_max / bias_peak)
     s_limit = min(limits)
+    if not (math.isfinite(s_limit) and s_limit > 0):
+        raise QuantizationError(
+            f"layer {layer.neuron!r}: no scale represents it (threshold {theta:.6g}, peak |u|"
+            f" {u_peak:.6g}, peak bias {bias_peak:.6g} voltage units): values beyond the"
+            f" profile's {profile.state_bits}-bit state and {profile.threshold_bits}-bit threshold"
+        )
     if math.isinf(k):  # all weights zero: any exponent represents them
         exp, scale = 0, s_limit
     else:
@@ -218,6 +283,9 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
     vth_raw = round(theta * scale / 2.0**profile.threshold_shift)
     vth = int(np.clip(vth_raw, 0, profile.vth_max))
     bias_mant, bias_exp, bias_sat = _split_bias(np.round(bias_v * scale), profile)
+    _warn_limits(layer, theta=theta, vth=vth, vth_raw=vth_raw, profile=profile,
+                 weights_saturated=saturated + rec_saturated, bias_saturated=bias_sat,
+                 weights_lost=bool(np.any(w_eff != 0) and not np.any(weights)))
     return QuantLayer(
         synapse=layer.synapse, neuron=layer.neuron, weights=weights, weight_exp=exp,
         sign_mode=sign_mode, num_weight_bits=profile.num_weight_bits,
@@ -226,7 +294,7 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
         stats=LayerStats(
             weights_total=int(weights.size) + (0 if recurrent is None else recurrent.weights.size),
             weights_saturated=saturated + rec_saturated,
-            threshold_saturated=bool(vth != vth_raw), bias_saturated=bias_sat,
+            threshold_saturated=bool(vth != vth_raw or vth == 0), bias_saturated=bias_sat,
             u_peak_share=float(u_peak * scale / profile.state_max),
         ),
     )
@@ -235,11 +303,13 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
 def u_peak_bound(layer: FloatLayer) -> float:
     """Worst-case |u| (float voltage units) for inputs in [0, 1]: every input active at once."""
     spec = layer.spec
-    gain = spec.mem_gain * spec.r * spec.w_in
-    drive = np.abs(layer.weight).sum(axis=1) + np.abs(layer.bias)
-    if layer.recurrent is not None and layer.recurrent_bias is not None:
-        drive = drive + np.abs(layer.recurrent).sum(axis=1) + np.abs(layer.recurrent_bias)
-    return float(np.max(np.abs(gain) * drive / np.maximum(1.0 - spec.syn_keep, 1e-12)))
+    with np.errstate(over="ignore", invalid="ignore"):  # inf: quantize_layer refuses it
+        gain = spec.mem_gain * spec.r * spec.w_in
+        drive = np.abs(layer.weight).sum(axis=1) + np.abs(layer.bias)
+        if layer.recurrent is not None and layer.recurrent_bias is not None:
+            drive = drive + np.abs(layer.recurrent).sum(axis=1) + np.abs(layer.recurrent_bias)
+        return float(np.max(np.abs(gain) * drive / np.maximum(1.0 - spec.syn_keep, 1e-12),
+                            initial=0.0))
 
 
 def quantize_network(net: FloatNetwork, profile: Profile, *, graded_input: bool,

@@ -61,6 +61,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from snn_deploy import lava_formats as lava
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError, UnsupportedNode
 from snn_deploy.fileio import atomic_path
 from snn_deploy.hdf5_limits import check_declared_sizes
@@ -76,16 +77,18 @@ from snn_deploy.quantize.fixed_point import lava_dense_grid, sign_mode_of
 
 # Formats netx's mapping assumes, read in Lava 0.10 and lava-dl 0.6; a profile that differs
 # would give the same integers another meaning.
+# The number formats a netx file assumes: Lava's own (lava_formats.py cites where each is set);
+# netx/hdf5.py get_neuron_params reads 'du' as iDecay - 1 and 'dv' as vDecay.
 LAVA_FORMATS = {
-    "weight_bits": 8,  # lava/proc/dense/models.py: clip_weights(num_bits=8)
-    "decay_bits": 12,  # lava/proc/lif/models.py: decay_shift = 12
-    "du_offset": 1,  # netx/hdf5.py get_neuron_params: 'du': iDecay - 1
-    "dv_offset": 0,  # netx/hdf5.py: 'dv': vDecay
-    "activation_shift": 6,  # lava/proc/lif/models.py: act_shift = 6
-    "threshold_shift": 6,  # lava/proc/lif/models.py: vth_shift = 6
+    "weight_bits": lava.WEIGHT_BITS,
+    "decay_bits": lava.DECAY_BITS,
+    "du_offset": lava.DU_OFFSET,
+    "dv_offset": lava.DV_OFFSET,
+    "activation_shift": lava.ACTIVATION_SHIFT,
+    "threshold_shift": lava.THRESHOLD_SHIFT,
 }
 NETX_BIAS_EXP = 6  # netx/hdf5.py get_neuron_params: 'bias_exp': 6 for CUBA/LOIHI neurons
-NETX_WEIGHT_BITS = 8  # netx/utils.py optimize_weight_bits: "standard 8 bit signed weight matrix"
+NETX_WEIGHT_BITS = lava.WEIGHT_BITS  # netx/utils.py optimize_weight_bits: "standard 8 bit signed"
 NETX_LIF_NEURONS = ("CUBA", "LOIHI")  # netx/hdf5.py: both become lava.proc.lif LIF
 # slayer/neuron/cuba.py neuron_params(scale=1 << 6): vThMant = 64 * threshold, weights x 64; with
 # Lava's threshold shift, 4096 integer voltage units per SLAYER voltage unit.
@@ -452,25 +455,6 @@ def _read_conv(g: h5py.Group, i: int, *, in_shape: tuple[int, ...] | None, messa
     return layer, out
 
 
-def _range_problems(dep_layers: list[QuantLayer], indices: list[int], p: Profile) -> list[str]:
-    problems = []
-    mant_max = (1 << (p.bias_mant_bits - 1)) - 1
-    for i, layer in zip(indices, dep_layers):
-        if not p.weight_exp_min <= layer.weight_exp <= p.weight_exp_max:
-            problems.append(f"layer {i}: weight_exp {layer.weight_exp} outside"
-                            f" {p.weight_exp_min}..{p.weight_exp_max}")
-        if not 0 <= layer.du < p.decay_unity or not 0 <= layer.dv <= p.decay_unity:
-            problems.append(f"layer {i}: iDecay {layer.du + p.du_offset}, vDecay {layer.dv}"
-                            f" outside 1..{p.decay_unity} / 0..{p.decay_unity}")
-        if not 0 <= layer.vth <= p.vth_max:
-            problems.append(f"layer {i}: vThMant {layer.vth} outside 0..{p.vth_max}")
-        if np.any(np.abs(layer.bias_mant) > mant_max) or np.any(layer.bias_exp > p.bias_exp_max):
-            problems.append(f"layer {i}: bias mantissas up to {np.abs(layer.bias_mant).max()},"
-                            f" exponents up to {layer.bias_exp.max()} outside the profile's"
-                            f" {p.bias_mant_bits}-bit mantissa, exponent <= {p.bias_exp_max}")
-    return problems
-
-
 def _coding(f: h5py.File) -> dict:
     if "snn_deploy_coding" in f.attrs:
         return dict(json.loads(_text(f.attrs["snn_deploy_coding"])))
@@ -504,7 +488,6 @@ def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
             shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
         message_bits = _message_bits(g, message_bits)
     quant: list[QuantLayer] = []
-    indices: list[int] = []
     unflattened = False  # a conv's (x, y, c) output not yet flattened
     for i in keep:
         g = layers[str(i)]
@@ -517,7 +500,6 @@ def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
             layer, shape = _read_conv(g, i, in_shape=shape, message_bits=message_bits,
                                       origin=str(path))
             quant.append(layer)
-            indices.append(i)
             unflattened = True
         elif kind in ("dense", "dense_rec"):
             if unflattened:
@@ -526,15 +508,11 @@ def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
             width = quant[-1].size if quant else None
             quant.append(_read_dense(g, i, width=width, message_bits=message_bits,
                                      origin=str(path), recurrent=kind == "dense_rec"))
-            indices.append(i)
         message_bits = _message_bits(g, message_bits)
     if not quant:
         raise UnsupportedNode(f"{path}: no dense or conv layer among layers"
                               f" {keep.start}..{keep.stop - 1}")
-    problems = _range_problems(quant, indices, profile)
-    if problems:
-        raise QuantizationError(f"{path}: outside profile {profile.name!r}: " + "; ".join(problems))
-    return Deployment(
+    return Deployment(  # its value ranges: validate_deployment, which read_netx calls
         profile=profile, layers=tuple(quant), input_size=int(quant[0].weights.shape[1]),
         input_scale=int(f.attrs.get("snn_deploy_input_scale", 1)),
         dt=float(f.attrs.get("snn_deploy_dt", 1.0)), coding=_coding(f),

@@ -29,16 +29,17 @@ import threading
 import numpy as np
 import torch
 
-from snn_deploy.run import kernel as cpu_kernel
-
+from snn_deploy import lava_formats as lava
 from snn_deploy.errors import UserError
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.quantize.fixed_point import lava_dense_grid
+from snn_deploy.run import kernel as cpu_kernel
 from snn_deploy.run.recording import Recording
 
-_INT32 = float(1 << 32)
-_INT31 = float(1 << 31)
+# Lava's fixed-point arrays are int32 (lava_formats.INT_BITS): sums wrap modulo 2**32.
+_INT32 = float(1 << lava.INT_BITS)
+_INT31 = float(1 << (lava.INT_BITS - 1))
 CHUNK = 256  # samples per pass and thread: keeps each step's tensors in cache
 KERNELS = ("numba", "torch")  # the step loop: run/kernel.py (CPU only) or lif_step in torch
 
@@ -82,7 +83,7 @@ def _abs_max(x: torch.Tensor) -> float:
     return max(-float(lo), float(hi))
 
 
-def lava_weights(layer: QuantLayer, *, weight_bits: int = 8) -> np.ndarray:
+def lava_weights(layer: QuantLayer, *, weight_bits: int = lava.WEIGHT_BITS) -> np.ndarray:
     """The weights Lava's fixed-point Dense really uses for this layer."""
     return lava_dense_grid(layer.weights, sign_mode=layer.sign_mode,
                            num_weight_bits=layer.num_weight_bits, weight_bits=weight_bits)
@@ -363,7 +364,8 @@ def input_levels(dep: Deployment, x: torch.Tensor, *, ws: Workspace | None = Non
         return torch.round(x.to(torch.float32), out=levels)
     # graded: Lava's RingBuffer gets rint(float64(x) * scale) (input_to_lava); in float32 the
     # product can round onto a .5 first (0.9 * 255: level 230 against Lava's 229)
-    return levels.copy_(torch.round(x.to(torch.float64) * dep.input_scale))  # <= 2**bits: exact
+    # input_scale < 2**lava.MESSAGE_BITS = 2**24 (validate_deployment): exact in float32
+    return levels.copy_(torch.round(x.to(torch.float64) * dep.input_scale))
 
 
 def constants(dep: Deployment, device: torch.device, max_input: int) -> list[LayerConstants]:
