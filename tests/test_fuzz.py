@@ -106,29 +106,63 @@ def test_damaged_netx_files_are_refused_or_load(originals, data, tmp_path):
         assert "\n" not in str(exc) and str(exc)
 
 
+def _within_lavas_formats(profile) -> None:
+    """What parses must lie within the table of limits (snn_deploy/lava_formats.py)."""
+    from snn_deploy.profiles import PROFILE_RANGES
+
+    for field, (lo, hi) in PROFILE_RANGES.items():
+        assert lo <= getattr(profile, field) <= hi, (field, getattr(profile, field))
+    assert profile.weight_exp_min <= profile.weight_exp_max
+    assert profile.num_weight_bits <= profile.weight_bits
+    assert profile.threshold_bits + profile.threshold_shift < profile.state_bits
+
+
 @settings(max_examples=EXAMPLES * 2, deadline=None)
 @given(data=st.data())
-def test_damaged_profiles_are_refused_or_parse(data):
+def test_damaged_profiles_are_refused_or_parse_within_lavas_formats(data):
     text = available_profiles()["loihi2"].read_text()
     mutated = damaged(text.encode(), data.draw(mutations(len(text))))
     try:
-        parse_profile(mutated.decode("utf-8", errors="replace"), origin="fuzz")
+        profile = parse_profile(mutated.decode("utf-8", errors="replace"), origin="fuzz")
     except UserError as exc:
         assert "\n" not in str(exc) and str(exc)
+    else:
+        _within_lavas_formats(profile)
 
 
-@settings(max_examples=EXAMPLES, deadline=None)
-@given(value=st.sampled_from([-1, 0, 10**9, 2**40, 1.5, "8", True, float("nan")]),
-       key=st.sampled_from(["bits", "num_weight_bits", "exp_min", "state_bits", "decay_bits",
-                            "threshold_bits", "activation_shift", "graded_bits"]))
-def test_absurd_profile_values_are_refused_or_parse(value, key):
+# Each key's valid values with the rest of loihi2.toml unchanged: its range in PROFILE_RANGES,
+# narrowed by the keys it must fit with (num_weight_bits = 8 needs bits = 8; the 17-bit threshold
+# shifted by 6 needs state_bits = 24).
+VALID_WITH_LOIHI2 = {"bits": range(8, 9), "num_weight_bits": range(2, 9), "exp_min": range(-8, 8),
+                     "state_bits": range(24, 25), "decay_bits": range(1, 13),
+                     "threshold_bits": range(1, 18), "activation_shift": range(0, 7),
+                     "threshold_shift": range(0, 7), "graded_bits": range(1, 25),
+                     "du_offset": range(0, 2), "bias_exp_max": range(0, 8)}
+ABSURD = [-1, 0, 1, 2, 7, 8, 24, 25, 10**5, 10**9, 2**40, -5000, 1.5, "8", True, float("nan")]
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return "nan" if value != value else repr(value)
+
+
+@pytest.mark.parametrize("key", list(VALID_WITH_LOIHI2))
+@pytest.mark.parametrize("value", ABSURD, ids=repr)
+def test_absurd_profile_values_are_refused_naming_the_key(value, key):
     text = available_profiles()["loihi2"].read_text()
-    lines = [f"{key} = {value!r}".replace("'", '"').replace("nan", "nan") if line.startswith(f"{key} =")
-             else line for line in text.splitlines()]
-    try:
+    lines = [f"{key} = {_toml_value(value)}" if line.startswith(f"{key} =") else line
+             for line in text.splitlines()]
+    valid = type(value) is int and value in VALID_WITH_LOIHI2[key]
+    if valid:
+        _within_lavas_formats(parse_profile("\n".join(lines), origin="fuzz"))
+        return
+    with pytest.raises(UserError) as info:
         parse_profile("\n".join(lines), origin="fuzz")
-    except UserError as exc:
-        assert "\n" not in str(exc)
+    message = str(info.value)
+    assert "\n" not in message and key in message, message
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

@@ -30,12 +30,70 @@ LINEAR_TYPES = ("Affine", "Linear", "Scale", "Conv1d", "Conv2d", "SumPool2d", "A
 MAX_DENSE_ELEMENTS = 1 << 27
 
 
-def inline_subgraphs(graph: nir.NIRGraph, prefix: str = "") -> nir.NIRGraph:
+# Subgraphs inside subgraphs: writers nest one level per module (snnTorch, Norse and Sinabs write
+# 0 or 1); 32 is far past any model, and bounds the recursion of reading and inlining.
+MAX_NESTING = 32
+# Nodes in a graph, all levels counted: a Loihi 2 chip has 128 neurocores (Intel's Loihi 2
+# product brief) and a chain takes a few nodes per layer; 4096 leaves room for many chips.
+MAX_NODES = 4096
+# dtype kinds a numeric NIR parameter may hold: bool, signed and unsigned integers, floats.
+NUMERIC_KINDS = "biuf"
+# What the other kinds hold, for messages (HDF5 strings and references arrive as objects).
+_KIND_NAMES = {"U": "text", "S": "text", "O": "objects (strings or references)",
+               "V": "compound or opaque records", "c": "complex numbers", "M": "dates",
+               "m": "time spans"}
+
+
+def not_numbers(dtype: np.dtype) -> str | None:
+    """What an array of ``dtype`` holds when that is not numbers, else None."""
+    if dtype.kind in NUMERIC_KINDS:
+        return None
+    return _KIND_NAMES.get(dtype.kind, f"values of type {dtype.str}")
+
+
+def float_array(value, what: str) -> np.ndarray:
+    """``value`` as a float64 array, or UnsupportedNode naming ``what`` when it does not hold
+    numbers (a NIR file may hold strings, compound records or references where numbers belong)."""
+    arr = np.asarray(value)
+    held = not_numbers(arr.dtype)
+    if held is not None:
+        raise UnsupportedNode(f"{what} holds {held}, not numbers")
+    return arr.astype(np.float64)
+
+
+def check_graph_size(graph: nir.NIRGraph) -> None:
+    """Refuse, without recursion, a graph nested deeper than MAX_NESTING or holding more than
+    MAX_NODES nodes at all levels together."""
+    pending: list[tuple[str, nir.NIRGraph, int]] = [("", graph, 0)]
+    total = 0
+    while pending:
+        path, sub, level = pending.pop()
+        if level > MAX_NESTING:
+            shown = path if len(path) <= 60 else "..." + path[-57:]
+            raise UnsupportedNode(f"subgraph {shown!r} is nested more than {MAX_NESTING} levels"
+                                  " deep")
+        total += len(sub.nodes)
+        if total > MAX_NODES:
+            raise UnsupportedNode(f"the graph holds more than {MAX_NODES} nodes (subgraphs"
+                                  " counted)")
+        pending.extend((f"{path}.{name}" if path else name, node, level + 1)
+                       for name, node in sub.nodes.items() if isinstance(node, nir.NIRGraph))
+
+
+def inline_subgraphs(graph: nir.NIRGraph) -> nir.NIRGraph:
     """A graph without nested ``NIRGraph`` nodes: node ``g`` holding ``n`` becomes ``g.n``.
 
     An edge into ``g`` (or ``g.<input name>``) goes to what ``g``'s Input nodes feed; an edge
     out of ``g`` (or ``g.<output name>``) leaves from what feeds ``g``'s Output nodes.
+
+    Raises:
+        UnsupportedNode: a graph nested too deep or too large (``check_graph_size``).
     """
+    check_graph_size(graph)
+    return _inline(graph)
+
+
+def _inline(graph: nir.NIRGraph) -> nir.NIRGraph:
     nodes: dict[str, nir.NIRNode] = {}
     entries: dict[str, list[str]] = {}  # outer name (or name.input) -> inlined targets
     exits: dict[str, list[str]] = {}
@@ -44,7 +102,7 @@ def inline_subgraphs(graph: nir.NIRGraph, prefix: str = "") -> nir.NIRGraph:
         if not isinstance(node, nir.NIRGraph):
             nodes[name] = node
             continue
-        sub = inline_subgraphs(node)
+        sub = _inline(node)
         ins = {n for n, v in sub.nodes.items() if isinstance(v, nir.Input)}
         outs = {n for n, v in sub.nodes.items() if isinstance(v, nir.Output)}
         for n, v in sub.nodes.items():
@@ -67,12 +125,16 @@ def inline_subgraphs(graph: nir.NIRGraph, prefix: str = "") -> nir.NIRGraph:
                         type_check=False)
 
 
-def _ints(value, n: int, what: str) -> tuple[int, ...]:
-    arr = np.asarray(value).reshape(-1)
+def _ints(value, n: int, what: str, *, low: int = 1) -> tuple[int, ...]:
+    """``value`` as n integers >= ``low`` (a scalar is repeated)."""
+    arr = float_array(value, what).reshape(-1)
     try:
-        return tuple(int(v) for v in np.broadcast_to(arr, (n,)))
-    except ValueError:
-        raise UnsupportedNode(f"{what} {arr.tolist()} does not fit {n} spatial dimension(s)") from None
+        ints = tuple(int(v) for v in np.broadcast_to(arr, (n,)))
+    except (ValueError, OverflowError):  # wrong length, or NaN/Inf
+        raise UnsupportedNode(f"{what} {arr.tolist()[:8]} does not give {n} integer(s)") from None
+    if any(v < low for v in ints):
+        raise UnsupportedNode(f"{what} {list(ints)} must be >= {low}")
+    return ints
 
 
 def _padding(value, kernel: tuple[int, ...], dilation: tuple[int, ...]
@@ -87,7 +149,7 @@ def _padding(value, kernel: tuple[int, ...], dilation: tuple[int, ...]
             total = [d * (k - 1) for k, d in zip(kernel, dilation)]
             return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
         raise UnsupportedNode(f"padding {mode!r} is not 'same', 'valid' or a number")
-    pad = _ints(value, len(kernel), "padding")
+    pad = _ints(value, len(kernel), "padding", low=0)
     return pad, pad
 
 
@@ -107,6 +169,9 @@ def _window_matrix(weight: np.ndarray, in_shape: tuple[int, ...], *, stride, pad
     ow = (w + pad_lo[1] + pad_hi[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     if oh < 1 or ow < 1:
         raise UnsupportedNode(f"a {kh}x{kw} window does not fit input {in_shape}")
+    if c_out * c_group * kh * kw * oh * ow > MAX_DENSE_ELEMENTS:  # the index arrays below
+        raise UnsupportedNode(f"a {kh}x{kw} window over {oh}x{ow} outputs and {c_out} x"
+                              f" {c_group} channels makes more than {MAX_DENSE_ELEMENTS} weights")
     co, cg, i, j, y, x = np.indices((c_out, c_group, kh, kw, oh, ow), sparse=True)
     ci = (co // (c_out // groups)) * c_group + cg
     iy = y * stride[0] - pad_lo[0] + i * dilation[0]
@@ -132,7 +197,7 @@ class NodeMap:
 
 
 def _conv(node: nir.NIRNode, shape: tuple[int, ...], dims: int) -> NodeMap:
-    weight = np.asarray(node.weight, dtype=np.float64)
+    weight = float_array(node.weight, "weight")
     if weight.ndim != dims + 2 or len(shape) != dims + 1:
         raise UnsupportedNode(f"Conv{dims}d weight {weight.shape} cannot take input {shape}")
     kernel = weight.shape[2:]
@@ -143,11 +208,11 @@ def _conv(node: nir.NIRNode, shape: tuple[int, ...], dims: int) -> NodeMap:
         weight, shape = weight[:, :, None, :], (shape[0], 1, shape[1])
         stride, dilation, lo, hi = (1, *stride), (1, *dilation), (0, *lo), (0, *hi)
     matrix, out = _window_matrix(weight, shape, stride=stride, pad_lo=lo, pad_hi=hi,
-                                 dilation=dilation, groups=int(np.asarray(node.groups)))
+                                 dilation=dilation, groups=_ints(node.groups, 1, "groups")[0])
     bias = getattr(node, "bias", None)
     b = None
     if bias is not None:
-        per_channel = np.asarray(bias, dtype=np.float64).reshape(-1)
+        per_channel = float_array(bias, "bias").reshape(-1)
         b = np.repeat(per_channel, matrix.shape[0] // out[0])
     return NodeMap(matrix, b, out if dims == 2 else (out[0], out[2]))
 
@@ -166,8 +231,10 @@ def _pool(node: nir.NIRNode, shape: tuple[int, ...], *, average: bool) -> NodeMa
 
 def _flatten(node: nir.NIRNode, shape: tuple[int, ...]) -> NodeMap:
     rank = len(shape)
-    start = int(np.asarray(node.start_dim)) % rank
-    end = int(np.asarray(node.end_dim)) % rank
+    if rank == 0:
+        raise UnsupportedNode("a Flatten cannot take a scalar input")
+    start = _ints(node.start_dim, 1, "start_dim", low=-rank)[0] % rank
+    end = _ints(node.end_dim, 1, "end_dim", low=-rank)[0] % rank
     out = (*shape[:start], math.prod(shape[start:end + 1]), *shape[end + 1:])
     return NodeMap(sp.identity(math.prod(shape), format="csr"), None, out)  # C-major: no move
 
@@ -177,14 +244,18 @@ def node_map(node: nir.NIRNode, shape: tuple[int, ...]) -> NodeMap:
     kind = type(node).__name__
     n = math.prod(shape)
     if kind in ("Affine", "Linear"):
-        w = np.asarray(node.weight, dtype=np.float64)
+        w = float_array(node.weight, "weight")
         if len(shape) != 1 or w.ndim != 2 or w.shape[1] != n:
             raise UnsupportedNode(f"{kind} with weight {w.shape} cannot take input of shape"
                                   f" {shape} (a Flatten before it is missing?)")
-        bias = np.asarray(node.bias, dtype=np.float64).reshape(-1) if kind == "Affine" else None
+        bias = float_array(node.bias, "bias").reshape(-1) if kind == "Affine" else None
         return NodeMap(sp.csr_matrix(w), bias, (w.shape[0],))
     if kind == "Scale":
-        scale = np.broadcast_to(np.asarray(node.scale, dtype=np.float64), shape).reshape(-1)
+        try:
+            scale = np.broadcast_to(float_array(node.scale, "scale"), shape).reshape(-1)
+        except ValueError:
+            raise UnsupportedNode(f"scale of shape {np.shape(node.scale)} cannot take input of"
+                                  f" shape {shape}") from None
         return NodeMap(sp.diags(scale, format="csr"), None, shape)
     if kind in ("Conv1d", "Conv2d"):
         return _conv(node, shape, 1 if kind == "Conv1d" else 2)
@@ -210,6 +281,12 @@ def compose(nodes: list[tuple[str, nir.NIRNode]], in_shape: tuple[int, ...]) -> 
     """Compose a run of linear nodes, applied in order to input of ``in_shape``, into one map
     (no nodes: the identity)."""
     n_in = math.prod(in_shape)
+    # Every map has n_in columns, the identity (no nodes: np.eye below) n_in rows as well:
+    # refused before anything of that size is allocated.
+    least = n_in * (1 if nodes else n_in)
+    if least > MAX_DENSE_ELEMENTS:
+        raise UserError(f"input of shape {in_shape} makes a weight matrix of at least {least}"
+                        f" elements, more than the {MAX_DENSE_ELEMENTS} one Dense can hold here")
     matrix = sp.identity(n_in, format="csr")
     bias = np.zeros(n_in)
     shape = in_shape

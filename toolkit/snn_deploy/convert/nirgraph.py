@@ -31,10 +31,20 @@ import io
 import math
 from pathlib import Path
 
+import h5py
 import nir
 import numpy as np
 
-from snn_deploy.convert.lowering import LINEAR_TYPES, AffineMap, compose, inline_subgraphs
+from snn_deploy.bounds import MAX_STEPS
+from snn_deploy.convert.lowering import (
+    LINEAR_TYPES,
+    MAX_DENSE_ELEMENTS,
+    AffineMap,
+    compose,
+    float_array,
+    inline_subgraphs,
+    not_numbers,
+)
 from snn_deploy.errors import InputFileError, UnsupportedNode, UserError
 from snn_deploy.hdf5_limits import check_declared_sizes
 
@@ -64,6 +74,9 @@ SOURCE_RESETS = {
               " and an IF's v floored at -v_threshold (min_v_mem)",
 }
 RESETS = tuple(SOURCE_RESETS)
+# NIR fields written as text (nir.write): a node's type, a graph's edges, a convolution's padding
+# ('same', 'valid'); a node's metadata is free-form. Every other field of a node holds numbers.
+TEXT_FIELDS = ("type", "edges", "padding", "metadata")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +169,37 @@ def read_nir_bytes(data: bytes, *, origin: str) -> nir.NIRGraph:
     return _read(io.BytesIO(data), origin=origin)
 
 
+def _check_numeric_fields(source: Path | io.BytesIO, *, origin: str) -> None:
+    """Refuse node fields that are not numbers (text, compound records, references), naming the
+    node and field, before ``nir.read`` builds nodes from them (nir fails on some deep inside).
+    Follows links as nir.read does; ``check_declared_sizes`` has bounded them."""
+    try:
+        f = h5py.File(source, "r")
+    except (OSError, ValueError):
+        return  # nir.read names the file as unreadable
+    with f:
+        try:
+            pending: list[tuple[str, object]] = [("", f.get("node"))]
+            while pending:
+                name, group = pending.pop()
+                if not isinstance(group, h5py.Group):
+                    continue
+                for key, item in group.items():
+                    if key == "nodes" and isinstance(item, h5py.Group):
+                        pending.extend((f"{name}.{sub}" if name else sub, node)
+                                       for sub, node in item.items())
+                    elif key not in TEXT_FIELDS and isinstance(item, h5py.Dataset):
+                        held = not_numbers(item.dtype)
+                        if held is not None:
+                            raise InputFileError(f"{origin}: node {name or '(the graph)'!r}:"
+                                                 f" parameter {key} holds {held}, not numbers")
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+            return  # damaged, or a type numpy has no name for: nir.read names the file
+
+
 def _read(source: Path | io.BytesIO, *, origin: str) -> nir.NIRGraph:
     check_declared_sizes(source, origin=origin)
+    _check_numeric_fields(source, origin=origin)
     if isinstance(source, io.BytesIO):
         source.seek(0)
     try:
@@ -171,28 +213,46 @@ def _read(source: Path | io.BytesIO, *, origin: str) -> nir.NIRGraph:
     return graph
 
 
-def _param(node: nir.NIRNode, name: str, n: int, default: float | None = None) -> np.ndarray:
-    value = getattr(node, name, None)
+def _param(node: nir.NIRNode, pname: str, n: int, default: float | None = None, *,
+           name: str) -> np.ndarray:
+    """Parameter ``pname`` of node ``name`` as n finite float64 values (a scalar is repeated)."""
+    where = f"node {name!r} ({type(node).__name__})"
+    value = getattr(node, pname, None)
     if value is None:
         if default is None:
-            raise UserError(f"NIR node {type(node).__name__} has no parameter {name}")
+            raise UserError(f"{where} has no parameter {pname}")
         value = default
-    arr = np.asarray(value, dtype=np.float64)
     try:
+        arr = float_array(value, f"{where}: parameter {pname}")
         arr = np.broadcast_to(arr.reshape(-1) if arr.size == n else arr, (n,)).copy()
     except ValueError:
-        raise UserError(
-            f"parameter {name} of a {type(node).__name__} has shape {np.shape(value)},"
-            f" expected ({n},) or a scalar"
-        ) from None
+        raise UserError(f"{where}: parameter {pname} has shape {np.shape(value)}, expected ({n},)"
+                        " or a scalar") from None
     if not np.all(np.isfinite(arr)):
-        raise UserError(f"parameter {name} of a {type(node).__name__} holds NaN or Inf")
+        raise UserError(f"{where}: parameter {pname} holds NaN or Inf")
     return arr
 
 
 def _snntorch_w_in(w_in: np.ndarray, tau_syn: np.ndarray, dt: float) -> bool:
     """w_in written as tau_syn/dt (snnTorch), not as a plain input gain of 1 (Norse)."""
-    return bool(not np.allclose(w_in, 1.0) and np.allclose(w_in, tau_syn / dt, rtol=CONVENTION_RTOL))
+    with np.errstate(over="ignore"):  # a huge tau_syn is simply not snnTorch's w_in
+        return bool(not np.allclose(w_in, 1.0)
+                    and np.allclose(w_in, tau_syn / dt, rtol=CONVENTION_RTOL))
+
+
+def _rates(taus: dict[str, np.ndarray], dt: float, *, where: str) -> dict[str, np.ndarray]:
+    """dt/tau (per step) for each time constant; refuses a tau <= 0, and one so small that
+    dt/tau overflows (tau = 5e-324 s gives inf)."""
+    rates = {}
+    for pname, tau in taus.items():
+        if np.any(tau <= 0):
+            raise UserError(f"{where}: {pname} must be > 0, min is {tau.min()}")
+        with np.errstate(over="ignore"):
+            rates[pname] = dt / tau
+        if not np.all(np.isfinite(rates[pname])):
+            raise UserError(f"{where}: dt/{pname} overflows ({pname} min is {tau.min():g} s at"
+                            f" dt = {dt:g} s)")
+    return rates
 
 
 def neuron_spec(node: nir.NIRNode, n: int, dt: float, name: str,
@@ -202,46 +262,46 @@ def neuron_spec(node: nir.NIRNode, n: int, dt: float, name: str,
     kind = type(node).__name__
     ones = np.ones(n)
     if kind in ("CubaLIF", "LIF"):
-        tau_mem = _param(node, "tau_mem" if kind == "CubaLIF" else "tau", n)
-        bad = [("tau_mem", tau_mem)]
+        taus = {"tau_mem": _param(node, "tau_mem" if kind == "CubaLIF" else "tau", n, name=name)}
         if kind == "CubaLIF":
-            tau_syn = _param(node, "tau_syn", n)
-            bad.append(("tau_syn", tau_syn))
-        for pname, tau in bad:
-            if np.any(tau <= 0):
-                raise UserError(f"node {name!r} ({kind}): {pname} must be > 0, min is {tau.min()}")
-        syn_keep = 1.0 - dt / tau_syn if kind == "CubaLIF" else np.zeros(n)
+            tau_syn = taus["tau_syn"] = _param(node, "tau_syn", n, name=name)
+        rates = _rates(taus, dt, where=f"node {name!r} ({kind})")
+        syn_keep = 1.0 - rates["tau_syn"] if kind == "CubaLIF" else np.zeros(n)
         w_in = ones
         if kind == "CubaLIF":
-            w_in = _param(node, "w_in", n, 1.0)
+            w_in = _param(node, "w_in", n, 1.0, name=name)
             if _snntorch_w_in(w_in, tau_syn, dt):
                 if notes is not None:
                     notes.append(f"node {name!r} (CubaLIF): w_in = tau_syn/dt"
                                  f" ({float(np.median(w_in)):.4g} at dt = {dt:g} s), read as NIR's"
                                  " Euler form (snnTorch): I = syn_keep I + (dt/tau_syn) w_in x")
-                w_in = w_in * dt / tau_syn
+                with np.errstate(over="ignore"):
+                    w_in = w_in * dt / tau_syn
+                if not np.all(np.isfinite(w_in)):
+                    raise UserError(f"node {name!r} (CubaLIF): w_in * dt/tau_syn overflows")
             elif not np.allclose(w_in, 1.0) and notes is not None:
                 notes.append(f"node {name!r} (CubaLIF): w_in = {float(np.median(w_in)):.4g} is"
                              f" neither 1 (Norse) nor tau_syn/dt ({float(np.median(tau_syn)) / dt:.4g},"
                              " snnTorch): read as Norse's jump I = syn_keep I + w_in x")
         return NeuronSpec(
-            kind=kind, syn_keep=syn_keep, mem_gain=dt / tau_mem, leak=True,
-            r=_param(node, "r", n, 1.0), w_in=w_in,
-            v_leak=_param(node, "v_leak", n, 0.0),
-            v_threshold=_param(node, "v_threshold", n),
-            v_reset=_param(node, "v_reset", n, 0.0),
+            kind=kind, syn_keep=syn_keep, mem_gain=rates["tau_mem"], leak=True,
+            r=_param(node, "r", n, 1.0, name=name), w_in=w_in,
+            v_leak=_param(node, "v_leak", n, 0.0, name=name),
+            v_threshold=_param(node, "v_threshold", n, name=name),
+            v_reset=_param(node, "v_reset", n, 0.0, name=name),
         )
     if kind == "IF":
         return NeuronSpec(
             kind=kind, syn_keep=np.zeros(n), mem_gain=ones, leak=False,
-            r=_param(node, "r", n, 1.0), w_in=ones, v_leak=np.zeros(n),
-            v_threshold=_param(node, "v_threshold", n),
-            v_reset=_param(node, "v_reset", n, 0.0),
+            r=_param(node, "r", n, 1.0, name=name), w_in=ones, v_leak=np.zeros(n),
+            v_threshold=_param(node, "v_threshold", n, name=name),
+            v_reset=_param(node, "v_reset", n, 0.0, name=name),
         )
     if kind == "Threshold":  # z = [x > theta]: v_t = I_t, nothing kept from step to step
         return NeuronSpec(
             kind=kind, syn_keep=np.zeros(n), mem_gain=ones, leak=True, r=ones, w_in=ones,
-            v_leak=np.zeros(n), v_threshold=_param(node, "threshold", n), v_reset=np.zeros(n),
+            v_leak=np.zeros(n), v_threshold=_param(node, "threshold", n, name=name),
+            v_reset=np.zeros(n),
         )
     raise UnsupportedNode(f"node {name!r} has unsupported neuron type {kind}")
 
@@ -261,7 +321,7 @@ def _graph_dt(graph: nir.NIRGraph, dt: float | None, notes: list[str]) -> float:
     try:
         value = float(np.asarray(raw))
     except (TypeError, ValueError):
-        raise UserError(f"dt in the graph metadata is not a number: {raw!r}") from None
+        raise UserError(f"dt in the graph metadata is not a number: {_brief(raw)}") from None
     if not np.isfinite(value) or value <= 0:
         raise UserError(f"dt must be a positive number of seconds, got {value}")
     return value
@@ -314,19 +374,97 @@ def _chain(graph: nir.NIRGraph) -> tuple[str, list[str], dict[str, str]]:
     return inputs[0], chain, loops
 
 
-def _input_shape(node: nir.Input) -> tuple[int, ...]:
+def _brief(value: object) -> str:
+    """A value from a file as one short line for a message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _input_shape(name: str, node: nir.Input) -> tuple[int, ...]:
     types = node.input_type or {}
     if not types:
-        return (0,)
-    return tuple(int(s) for s in np.asarray(next(iter(types.values()))).reshape(-1))
+        raise UnsupportedNode(f"Input node {name!r} declares no shape")
+    dims = float_array(next(iter(types.values())), f"Input node {name!r}: shape").reshape(-1)
+    if not np.all(np.isfinite(dims)) or np.any(dims < 1) or np.any(dims != np.round(dims)):
+        raise UnsupportedNode(f"Input node {name!r} has shape {_brief(dims.tolist())}: dimensions"
+                              " must be positive integers")
+    return tuple(int(d) for d in dims)
 
 
-def _synapse(graph: nir.NIRGraph, names: list[str], shape: tuple[int, ...]) -> AffineMap:
+def _number(value: object) -> float | None:
+    """A single finite number from a file's metadata, else None."""
+    arr = np.asarray(value) if not isinstance(value, dict) else np.asarray(None)
+    if arr.size != 1 or arr.dtype.kind not in "iuf":
+        return None
+    number = float(arr.reshape(-1)[0])
+    return number if math.isfinite(number) else None
+
+
+# Coding metadata our writers record as text (convert.export, convert.ann_to_snn).
+CODING_TEXT_KEYS = ("encoding", "dataset", "decoder")
+
+
+def read_coding(raw: object, *, where: str) -> dict:
+    """An input coding read from a file (a NIR graph's ``metadata["snn_deploy"]``, a Deployment's
+    coding), its values checked: ``steps`` a whole number in 1..MAX_STEPS, ``decoder_beta`` a
+    finite number, names text. ``where`` names the coding in the one-line UserError."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} is {_brief(raw)}, not a group of values")
+    coding = {}
+    for key, value in raw.items():
+        value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        number = _number(value)
+        what = f"{where}: {key}"
+        if key == "steps":
+            if number is None or number != round(number) or not 1 <= number <= MAX_STEPS:
+                raise UserError(f"{what} must be a whole number in 1..{MAX_STEPS}, got"
+                                f" {_brief(value)}")
+            value = int(number)
+        elif key == "decoder_beta":
+            if number is None:
+                raise UserError(f"{what} must be a finite number, got {_brief(value)}")
+            value = number
+        elif key in CODING_TEXT_KEYS and not isinstance(value, str):
+            raise UserError(f"{what} must be text, got {_brief(value)}")
+        coding[key] = value
+    return coding
+
+
+def _synapse(graph: nir.NIRGraph, names: list[str], shape: tuple[int, ...], *,
+             neuron: str) -> AffineMap:
+    n_in = math.prod(shape)
+    if not names and n_in * n_in > MAX_DENSE_ELEMENTS:  # before np.eye(n_in) is built
+        raise UserError(f"node {neuron!r} takes the {n_in} inputs directly: its {n_in} x {n_in}"
+                        f" identity weights exceed the {MAX_DENSE_ELEMENTS} one Dense can hold here")
     amap = compose([(n, graph.nodes[n]) for n in names], shape)
     for what, arr in (("weight", amap.weight), ("bias", amap.bias)):
         if not np.all(np.isfinite(arr)):
             raise UserError(f"node(s) {', '.join(map(repr, names))}: {what} holds NaN or Inf")
     return amap
+
+
+def _layer(graph: nir.NIRGraph, name: str, amap: AffineMap, *, synapses: list[str],
+           recurrent: str | None, dt: float, notes: list[str]) -> FloatLayer:
+    """Neuron node ``name`` fed through ``amap`` (composed from the ``synapses`` nodes), with its
+    recurrent Affine|Linear node if it has one."""
+    node = graph.nodes[name]
+    n = math.prod(amap.out_shape)
+    if n < 1:
+        raise UnsupportedNode(f"node {name!r} ({type(node).__name__}) has no neurons (its input"
+                              f" has shape {amap.out_shape})")
+    rec = rec_bias = None
+    if recurrent is not None:
+        rec_node = graph.nodes[recurrent]
+        rec = float_array(rec_node.weight, f"node {recurrent!r}: recurrent weight")
+        if rec.shape != (n, n) or not np.all(np.isfinite(rec)):
+            raise UnsupportedNode(f"node {recurrent!r}: recurrent weight of shape {rec.shape}"
+                                  f" (finite values, ({n}, {n}) expected)")
+        rec_bias = (_param(rec_node, "bias", n, name=recurrent)
+                    if isinstance(rec_node, nir.Affine) else np.zeros(n))
+    return FloatLayer(synapse="+".join(synapses) or f"identity:{name}", neuron=name,
+                      weight=amap.weight, bias=amap.bias,
+                      spec=neuron_spec(node, n, dt, name, notes),
+                      recurrent=rec, recurrent_bias=rec_bias, recurrent_synapse=recurrent)
 
 
 def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNetwork:
@@ -340,31 +478,20 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
     _check_types(graph)
     notes: list[str] = []
     step = _graph_dt(graph, dt, notes)
+    coding = read_coding((graph.metadata or {}).get("snn_deploy", {}),
+                         where="the NIR graph's metadata snn_deploy")
     first, chain, loops = _chain(graph)
-    in_shape = _input_shape(graph.nodes[first])
+    in_shape = _input_shape(first, graph.nodes[first])
     shape = in_shape
     layers: list[FloatLayer] = []
     pending: list[str] = []
     for name in chain[:-1]:
-        kind = type(graph.nodes[name]).__name__
-        if kind in LINEAR_TYPES:
+        if type(graph.nodes[name]).__name__ in LINEAR_TYPES:
             pending.append(name)
             continue
-        amap = _synapse(graph, pending, shape)
-        n = math.prod(amap.out_shape)
-        rec_name = loops.get(name)
-        rec = rec_bias = None
-        if rec_name is not None:
-            rec_node = graph.nodes[rec_name]
-            rec = np.asarray(rec_node.weight, dtype=np.float64)
-            if rec.shape != (n, n) or not np.all(np.isfinite(rec)):
-                raise UnsupportedNode(f"node {rec_name!r}: recurrent weight of shape {rec.shape}"
-                                      f" (finite values, ({n}, {n}) expected)")
-            rec_bias = _param(rec_node, "bias", n) if isinstance(rec_node, nir.Affine) else np.zeros(n)
-        layers.append(FloatLayer(synapse="+".join(pending) or f"identity:{name}", neuron=name,
-                                 weight=amap.weight, bias=amap.bias,
-                                 spec=neuron_spec(graph.nodes[name], n, step, name, notes),
-                                 recurrent=rec, recurrent_bias=rec_bias, recurrent_synapse=rec_name))
+        amap = _synapse(graph, pending, shape, neuron=name)
+        layers.append(_layer(graph, name, amap, synapses=pending, recurrent=loops.get(name),
+                             dt=step, notes=notes))
         shape, pending = amap.out_shape, []
     if pending:
         got = ", ".join(f"{n!r} ({type(graph.nodes[n]).__name__})" for n in pending)
@@ -372,7 +499,6 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
                               " be a neuron layer's spikes")
     if not layers:
         raise UnsupportedNode("the graph has no synapse -> neuron layer")
-    coding = dict((graph.metadata or {}).get("snn_deploy", {}))
     return FloatNetwork(dt=step, input_size=math.prod(in_shape), layers=tuple(layers),
-                        coding=coding, input_shape=in_shape if len(in_shape) > 1 else (),
-                        notes=tuple(notes))
+                        coding=coding,
+                        input_shape=in_shape if len(in_shape) > 1 else (), notes=tuple(notes))
