@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from snn_deploy import api
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.quantize.fidelity import count_correlation as corr
 from snn_deploy.run.emulator import run_emulator, run_layers
 from snn_deploy.run.float_backend import run_float

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from snn_deploy.convert import ann_api
 from snn_deploy.convert.ann_to_snn import ann_to_nir
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.errors import InputFileError, UnsupportedNode, UserError
 from snn_deploy.evaluate.accuracy import evaluate_target, run_backend
 from snn_deploy.evaluate.report import evaluation_report

@@ -16,9 +16,18 @@ import torch
 from snn_deploy import api
 from snn_deploy.attack.base import AttackSettings, FrozenEncoder
 from snn_deploy.attack.sources import make_source
-from snn_deploy.coding import (FUSION_PARTS, burst_first_encode, channels, encode,
-                               encode_with_uniforms, encoded_width, fold_channels, latency_encode,
-                               rate_encode, straight_through_values)
+from snn_deploy.coding import (
+    FUSION_PARTS,
+    burst_first_encode,
+    channels,
+    encode,
+    encode_with_uniforms,
+    encoded_width,
+    fold_channels,
+    latency_encode,
+    rate_encode,
+    straight_through_values,
+)
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate import accuracy
 from snn_deploy.evaluate.accuracy import evaluate_target, recording_logits
@@ -35,7 +44,6 @@ from snn_deploy.train.model import LIFNetwork, ModelConfig, save_checkpoint
 from snn_deploy.train.perturbed import encode_straight_through
 
 from tests.factories import random_network
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from snn_deploy.coding import encode
 from snn_deploy.convert.export import model_to_nir, write_nir
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.train.model import LIFNetwork, ModelConfig, load_checkpoint
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from snn_deploy import api
 from snn_deploy.convert.lowering import compose
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir, with_reset
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import graph_to_network, with_reset
 from snn_deploy.errors import UnsupportedNode, UserError
 from snn_deploy.quantize.deployment import save_deployment
 from snn_deploy.run.emulator import run_emulator

@@ -19,7 +19,8 @@ import pytest
 import torch
 from snn_deploy import api
 from snn_deploy.cli import main
-from snn_deploy.convert.nirgraph import SOURCE_RESETS, graph_to_network, read_nir, with_reset
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import SOURCE_RESETS, graph_to_network, with_reset
 from snn_deploy.errors import UserError
 from snn_deploy.run.emulator import run_emulator, run_layers
 from snn_deploy.run.float_backend import LayerParams, layer_step, run_float, synaptic
@@ -304,7 +305,6 @@ def test_cnn_calibrates_on_shaped_arrays(tmp_path):
 
 def test_source_resets_are_the_cli_choices():
     import click
-
     from snn_deploy.cli import deploy
 
     option = next(p for p in deploy.params if p.name == "source_reset")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 from snn_deploy import api
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.quantize.deployment import load_deployment, save_deployment
 from snn_deploy.run.emulator import run_emulator
 from snn_deploy.run.float_backend import run_float

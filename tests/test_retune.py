@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from snn_deploy.coding import encode
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir_bytes
+from snn_deploy.convert.nirfile import read_nir_bytes
+from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import (
     Deployment,

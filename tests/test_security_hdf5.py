@@ -25,7 +25,8 @@ import pytest
 from h5py import h5d, h5f, h5p, h5s, h5t
 from snn_deploy.cli import main
 from snn_deploy.convert.lowering import MAX_NESTING
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.errors import InputFileError, UnsupportedNode, UserError
 from snn_deploy.hdf5_limits import check_declared_sizes
 
@@ -525,3 +526,34 @@ def test_deployment_coding_that_is_not_a_number_is_refused(deployment_file, caps
         f["coding"].attrs["steps"] = "many"
     _refused(capsys, ["resources", deployment_file], match="coding: steps must be a whole number")
 
+
+
+@pytest.mark.parametrize("attribute, match", [
+    (np.zeros(1 << 17), "131,072 elements"),
+    (np.array(["x"] * 100, dtype=h5py.string_dtype()), "100 variable-length values"),
+])
+def test_an_oversized_attribute_is_refused(deployment_file, capsys, attribute, match):
+    """Attributes are read whole: one declaring more than any of ours (scalars, a profile's TOML)
+    is refused before it is read (dense attribute storage lets a file hold large ones)."""
+    with h5py.File(deployment_file, "a", libver="latest") as f:  # a new group: dense storage
+        f.create_group("extra").attrs.create("forged", attribute)
+    _refused(capsys, ["resources", deployment_file], match=match)
+
+
+def test_too_many_attributes_are_refused(deployment_file, capsys):
+    with h5py.File(deployment_file, "a", libver="latest") as f:
+        extra = f.create_group("extra")
+        for i in range(300):
+            extra.attrs[f"a{i}"] = i
+    _refused(capsys, ["resources", deployment_file], match="attributes")
+
+
+def test_too_many_variable_length_values_are_refused(tmp_path, capsys):
+    """Each variable-length string is read whole from the file's heap: a graph's edges may not
+    hold more of them than MAX_VLEN_ELEMENTS."""
+    path = _nir_file(tmp_path / "m.nir")
+    with h5py.File(path, "a") as f:
+        del f["node/edges"]
+        f["node/edges"] = np.array([["a", "b"]] * 40_000, dtype=h5py.string_dtype())
+    _refused(capsys, ["deploy", path, "--out", tmp_path / "o.h5"], out=tmp_path / "o.h5",
+             match="variable-length values")

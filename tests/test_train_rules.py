@@ -12,7 +12,8 @@ import torch
 from norse.torch.functional.lif import LIFFeedForwardState, LIFState, lif_feed_forward_step, lif_step
 from snn_deploy import api
 from snn_deploy.coding import encode
-from snn_deploy.convert.nirgraph import graph_to_network, read_nir
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.train import model as model_mod

@@ -15,14 +15,8 @@ import torch
 
 from snn_deploy.coding import BINARY_ENCODINGS, ENCODERS, encode, encoded_width
 from snn_deploy.convert.export import model_to_nir, write_nir
-from snn_deploy.convert.nirgraph import (
-    RESETS,
-    SOURCE_RESETS,
-    FloatNetwork,
-    graph_to_network,
-    read_nir,
-    with_reset,
-)
+from snn_deploy.convert.nirfile import read_nir
+from snn_deploy.convert.nirgraph import RESETS, SOURCE_RESETS, FloatNetwork, graph_to_network, with_reset
 from snn_deploy.data import load_dataset
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.fileio import regular_input

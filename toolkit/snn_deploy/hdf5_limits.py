@@ -14,7 +14,9 @@ and refuses, with one line naming the object:
 - groups nested deeper than ``MAX_GROUP_DEPTH`` and files with more than ``MAX_LINKS`` links
   (every path counted: a reader walking by name visits a group once per path to it);
 - datasets claiming more elements or bytes than any network we can run needs: chunked storage
-  lets a few kilobytes of file claim 10**9 neurons, and reading it would allocate hundreds of GB.
+  lets a few kilobytes of file claim 10**9 neurons, and reading it would allocate hundreds of GB;
+- objects with more than ``MAX_ATTRIBUTES`` attributes, or an attribute claiming more than
+  ``MAX_ATTRIBUTE_ELEMENTS`` elements or ``MAX_ATTRIBUTE_BYTES`` bytes.
 
 Dataset types are left to the readers, which know what they expect (``convert.nirgraph`` refuses
 non-numeric NIR parameters). Soft links are followed here one link at a time, never through HDF5's
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import h5py
-from h5py import h5d, h5g, h5l, h5o
+from h5py import h5a, h5d, h5g, h5l, h5o, h5t
 
 from snn_deploy.errors import InputFileError
 from snn_deploy.fileio import regular_input
@@ -50,6 +52,16 @@ MAX_GROUP_DEPTH = 80
 MAX_LINKS = 1 << 16
 # Soft links followed in a row: HDF5's own default limit (H5L_NUM_LINKS in H5Lpublic.h).
 MAX_SOFT_HOPS = 16
+# Attributes: ours are scalars and short strings (a Deployment's profile TOML, a few KB). They are
+# stored uncompressed in the file, but the elements of a variable-length one may all point at one
+# large heap object: so their number and declared size are bounded too.
+MAX_ATTRIBUTES = 256
+MAX_ATTRIBUTE_ELEMENTS = 1 << 16
+MAX_ATTRIBUTE_BYTES = 1 << 24
+# Variable-length values (strings) sit in the file's heap, each element read whole: our attributes
+# hold one; datasets hold node types and a graph's edges (two per edge).
+MAX_ATTRIBUTE_VLEN_ELEMENTS = 16
+MAX_VLEN_ELEMENTS = 1 << 16
 # Longest object name or link value quoted in a message.
 SHOWN_CHARS = 100
 
@@ -70,6 +82,7 @@ class _Subtree:
     elements: int
     nbytes: int
     height: int
+    vlen: int = 0
 
 
 @dataclasses.dataclass
@@ -81,6 +94,7 @@ class _Walk:
     links: int = 0
     elements: int = 0
     nbytes: int = 0
+    vlen: int = 0
     walked: dict[tuple[int, int], _Subtree] = dataclasses.field(default_factory=dict)
 
     def refuse(self, what: str) -> NoReturn:
@@ -109,6 +123,7 @@ def check_declared_sizes(source: str | Path | io.BytesIO, *, origin: str) -> Non
     with f:
         try:
             root = h5o.open(f.id, b"/")
+            _check_attributes(root, "/", walk)
             _walk_group(root, "", depth=0, ancestors=frozenset({_identity(root)}), walk=walk)
         except (RuntimeError, OSError, KeyError, ValueError, TypeError) as exc:
             raise InputFileError(f"{origin} is damaged: {type(exc).__name__} while listing its"
@@ -151,6 +166,7 @@ def _walk_group(group: h5g.GroupID, path: str, *, depth: int, ancestors: frozens
                         f"{_show(target)})")
         else:
             walk.refuse(f"{_show(where)} is a user-defined link (type {kind})")
+        _check_attributes(obj, where, walk)
         if isinstance(obj, h5g.GroupID):
             height = max(height, 1 + _visit_group(obj, where, depth=depth + 1,
                                                   ancestors=ancestors, walk=walk))
@@ -190,17 +206,38 @@ def _visit_group(group: h5g.GroupID, where: str, *, depth: int, ancestors: froze
         walk.refuse(f"{_show(where)} links back to a group that contains it (a loop)")
     seen = walk.walked.get(key)
     if seen is None:
-        before = (walk.links, walk.elements, walk.nbytes)
+        before = (walk.links, walk.elements, walk.nbytes, walk.vlen)
         height = _walk_group(group, where, depth=depth, ancestors=ancestors | {key}, walk=walk)
         walk.walked[key] = _Subtree(walk.links - before[0], walk.elements - before[1],
-                                    walk.nbytes - before[2], height)
+                                    walk.nbytes - before[2], height, walk.vlen - before[3])
         return height
     if depth + seen.height > MAX_GROUP_DEPTH:
         walk.refuse(f"groups nested deeper than {MAX_GROUP_DEPTH} levels (below {_show(where)})")
     walk.count_links(seen.links)
     walk.elements += seen.elements
     walk.nbytes += seen.nbytes
+    walk.vlen += seen.vlen
+    if walk.vlen > MAX_VLEN_ELEMENTS:
+        walk.refuse(f"more than {MAX_VLEN_ELEMENTS:,} variable-length values (below {_show(where)})")
     return seen.height
+
+
+def _check_attributes(obj: h5o.ObjectID, where: str, walk: _Walk) -> None:
+    """An object's attributes: how many, and the elements and bytes each declares."""
+    count = int(h5o.get_info(obj).num_attrs)
+    if count > MAX_ATTRIBUTES:
+        walk.refuse(f"{_show(where)} has {count:,} attributes (limit {MAX_ATTRIBUTES})")
+    for i in range(count):
+        attr = h5a.open(obj, index=i)
+        size = int(attr.get_space().get_simple_extent_npoints())
+        nbytes = size * int(attr.get_type().get_size())
+        if _variable_length(attr.get_type()) and size > MAX_ATTRIBUTE_VLEN_ELEMENTS:
+            walk.refuse(f"attribute {_show(attr.name)} of {_show(where)} holds {size:,}"
+                        f" variable-length values (limit {MAX_ATTRIBUTE_VLEN_ELEMENTS})")
+        if size > MAX_ATTRIBUTE_ELEMENTS or nbytes > MAX_ATTRIBUTE_BYTES:
+            walk.refuse(f"attribute {_show(attr.name)} of {_show(where)} claims {size:,} elements,"
+                        f" {nbytes:,} bytes (limits {MAX_ATTRIBUTE_ELEMENTS:,},"
+                        f" {MAX_ATTRIBUTE_BYTES:,})")
 
 
 def _check_dataset(dset: h5d.DatasetID, where: str, walk: _Walk) -> None:
@@ -222,5 +259,23 @@ def _check_dataset(dset: h5d.DatasetID, where: str, walk: _Walk) -> None:
     if nbytes > MAX_DATASET_BYTES:
         walk.refuse(f"dataset {_show(where)} claims {nbytes:,} bytes (shape {shape}, limit"
                     f" {MAX_DATASET_BYTES:,} bytes)")
+    if _variable_length(dset.get_type()):
+        walk.vlen += size
+        if walk.vlen > MAX_VLEN_ELEMENTS:
+            walk.refuse(f"more than {MAX_VLEN_ELEMENTS:,} variable-length values (at"
+                        f" {_show(where)})")
     walk.elements += size
     walk.nbytes += nbytes
+
+
+def _variable_length(kind: h5t.TypeID) -> bool:
+    """A variable-length string or sequence, or a compound or array type holding one."""
+    if isinstance(kind, h5t.TypeStringID):
+        return bool(kind.is_variable_str())
+    if isinstance(kind, h5t.TypeVlenID):
+        return True
+    if isinstance(kind, h5t.TypeCompoundID):
+        return any(_variable_length(kind.get_member_type(i)) for i in range(kind.get_nmembers()))
+    if isinstance(kind, h5t.TypeArrayID):
+        return _variable_length(kind.get_super())
+    return False

@@ -8,13 +8,8 @@ from pathlib import Path
 
 import h5py
 
-from snn_deploy.convert.nirgraph import (
-    FloatNetwork,
-    graph_to_network,
-    read_coding,
-    read_nir,
-    read_nir_bytes,
-)
+from snn_deploy.convert.nirfile import read_nir, read_nir_bytes
+from snn_deploy.convert.nirgraph import FloatNetwork, graph_to_network
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.hdf5_limits import check_declared_sizes
 from snn_deploy.quantize.deployment import FORMAT_TAG, Deployment, load_deployment
@@ -123,8 +118,6 @@ def load_target(path: str | Path, *, dt: float | None = None) -> Target:
         graph_net = graph_to_network(read_nir(path), dt=dt)
         return Target(path=path, kind=kind, sha256=digest, network=graph_net)
     deployment = load_deployment(path)
-    deployment = dataclasses.replace(
-        deployment, coding=read_coding(dict(deployment.coding), where=f"{path}: coding"))
     network: FloatNetwork | None = None
     if deployment.source_nir:  # empty for deployments imported from lava-dl netx
         graph = read_nir_bytes(deployment.source_nir, origin=f"{path}:source_nir")

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from snn_deploy import lava_formats as lava
+from snn_deploy.convert.nirfile import read_coding
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError
 from snn_deploy.fileio import atomic_path
 from snn_deploy.hdf5_limits import check_declared_sizes
@@ -259,8 +260,9 @@ def load_deployment(path: str | Path) -> Deployment:
                 input_size=_integer(f.attrs["input_size"], f"{path}: input_size"),
                 input_scale=_integer(f.attrs["input_scale"], f"{path}: input_scale"),
                 dt=_real(f.attrs["dt"], f"{path}: dt"),
-                coding={k: (v.item() if hasattr(v, "item") else _text(v))
-                        for k, v in f["coding"].attrs.items()},
+                coding=read_coding({k: (v.item() if hasattr(v, "item") else _text(v))
+                                    for k, v in f["coding"].attrs.items()},
+                                   where=f"{path}: coding"),
                 source_sha256=_text(f.attrs["source_sha256"]),
                 source_nir=bytes(np.asarray(f["source_nir"], dtype=np.uint8)),
                 calibration=_text(f.attrs["calibration"]),

@@ -62,6 +62,7 @@ import h5py
 import numpy as np
 
 from snn_deploy import lava_formats as lava
+from snn_deploy.convert.nirfile import read_coding
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError, UnsupportedNode
 from snn_deploy.fileio import atomic_path
 from snn_deploy.hdf5_limits import check_declared_sizes
@@ -457,7 +458,8 @@ def _read_conv(g: h5py.Group, i: int, *, in_shape: tuple[int, ...] | None, messa
 
 def _coding(f: h5py.File) -> dict:
     if "snn_deploy_coding" in f.attrs:
-        return dict(json.loads(_text(f.attrs["snn_deploy_coding"])))
+        return read_coding(json.loads(_text(f.attrs["snn_deploy_coding"])),
+                           where=f"{f.filename}: snn_deploy_coding")
     steps = DEFAULT_STEPS
     if "simulation/tSample" in f and "simulation/Ts" in f:
         t_sample = float(np.asarray(f["simulation/tSample"][()]).reshape(-1)[0])
