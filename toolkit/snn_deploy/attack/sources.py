@@ -30,7 +30,7 @@ import torch
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.run.emulator import lava_weights
-from snn_deploy.run.float_backend import LayerParams, layer_step
+from snn_deploy.run.float_backend import LayerParams, float_loop
 from snn_deploy.run.twin import SURROGATES, EmulatorTwin, surrogate_spike
 from snn_deploy.targets import Target
 from snn_deploy.train.decoding import DecoderSpec
@@ -95,7 +95,6 @@ class FloatSource:
         net = target.require_network()
         self.decoder = decoder
         self.params = [LayerParams.of(layer) for layer in net.layers]
-        self.sizes = [layer.size for layer in net.layers]
         self.shape, self.width = surrogate, width
         self.name = f"float[{surrogate},{width:g}]"
 
@@ -104,26 +103,8 @@ class FloatSource:
         return surrogate_spike((v - threshold) / scale, self.shape, self.width)
 
     def spike_logits(self, s: torch.Tensor) -> torch.Tensor:
-        steps, batch = s.shape[0], s.shape[1]
-        x = s.reshape(steps, batch, -1).to(torch.float32)
-        i = [torch.zeros(batch, n) for n in self.sizes]
-        v = [torch.zeros(batch, n) for n in self.sizes]
-        last = [torch.zeros(batch, n) for n in self.sizes]
-        out, membrane = [], []
-
-        def spike_out(v_pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-            membrane.append(v_pre / threshold)  # the output layer's, in units of its threshold
-            return self._spike(v_pre, threshold)
-
-        final = len(self.params) - 1
-        for t in range(steps):
-            z = x[t]
-            for k, p in enumerate(self.params):
-                z, i[k], v[k] = layer_step(p, z, i[k], v[k], last[k],
-                                           spike=spike_out if k == final else self._spike)
-                last[k] = z
-            out.append(z)
-        return self.decoder.logits(torch.stack(out), torch.stack(membrane))
+        trace = float_loop(self.params, s, spike=self._spike, membrane=True)
+        return self.decoder.logits(trace.output, trace.membrane)
 
 
 def make_source(kind: str, target: Target, *, surrogate: str = "fast_sigmoid",

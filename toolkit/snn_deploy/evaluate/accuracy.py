@@ -14,7 +14,7 @@ from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity
 from snn_deploy.run.emulator import Emulator
-from snn_deploy.run.float_backend import LayerParams, heaviside, layer_step, run_float
+from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.membrane import MembraneEmulator
 from snn_deploy.run.recording import OnChipMeasurement, Recording
 from snn_deploy.targets import Target
@@ -84,41 +84,6 @@ def run_checkpoint_membrane(target: Target, x: torch.Tensor) -> Recording:
                      membrane=trace.membrane.to(torch.float64).numpy())
 
 
-def run_float_membrane(target: Target, x: torch.Tensor) -> Recording:
-    """The float backend's run (``run.float_backend.layer_step``, step by step) recording the output
-    layer's membrane before threshold and reset, in units of its threshold."""
-    net = target.require_network()
-    steps, batch = x.shape[0], x.shape[1]
-    x = x.reshape(steps, batch, -1).to(torch.float32)
-    params = [LayerParams.of(layer) for layer in net.layers]
-    i = [torch.zeros(batch, layer.size) for layer in net.layers]
-    v = [torch.zeros(batch, layer.size) for layer in net.layers]
-    last = [torch.zeros(batch, layer.size) for layer in net.layers]
-    spikes: list[list[torch.Tensor]] = [[] for _ in net.layers]
-    seen: list[torch.Tensor] = []
-
-    def spike_seen(v_pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-        seen.append(v_pre / threshold)
-        return heaviside(v_pre, threshold)
-
-    membrane = []
-    with torch.no_grad():
-        for t in range(steps):
-            z = x[t]
-            for k, p in enumerate(params):
-                out = k == len(params) - 1
-                z, i[k], v[k] = layer_step(p, z, i[k], v[k], last[k],
-                                           spike=spike_seen if out else heaviside)
-                last[k] = z
-                spikes[k].append(z)
-            membrane.append(seen.pop())
-    stacked = [torch.stack(z) for z in spikes]
-    return Recording(output=stacked[-1].to(torch.uint8).numpy(),
-                     layer_names=tuple(layer.neuron for layer in net.layers),
-                     counts=tuple(z.sum(0).to(torch.int64).numpy() for z in stacked),
-                     membrane=torch.stack(membrane).to(torch.float64).numpy())
-
-
 def _synapses(target: Target, backend: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """The weights the backend runs: per layer, feed-forward and recurrent (or None)."""
     if backend in DEPLOYED_BACKENDS:
@@ -174,10 +139,8 @@ def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *
         elif target.checkpoint is not None:
             parts.append(run_checkpoint_membrane(target, xb) if membrane
                          else run_checkpoint(target, xb))
-        elif membrane:
-            parts.append(run_float_membrane(target, xb))
         else:
-            parts.append(run_float(target.require_network(), xb).recording)
+            parts.append(run_float(target.require_network(), xb, membrane=membrane).recording)
         done += xb.shape[1]
         if on_progress is not None:
             on_progress(done, total if total is not None else done)

@@ -16,11 +16,14 @@ import dataclasses
 import numpy as np
 import torch
 
+from snn_deploy.convert.nirgraph import FloatNetwork
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.accuracy import encoded_batches
+from snn_deploy.run.float_backend import LayerParams, float_loop
 from snn_deploy.targets import Target
-from snn_deploy.train.stability import perturbation_ms
+from snn_deploy.train.model import LIFNetwork
+from snn_deploy.train.stability import check_same_shape, membrane_perturbation, perturbation_ms
 
 KINDS = ("gaussian", "fgsm")  # noise of std SIGMA, or an FGSM step of size EPS
 
@@ -64,10 +67,31 @@ def perturbation_report(target: Target, split: Split, spec: Perturbation, *, lim
     total, count = 0.0, 0
     for clean_b, noisy_b in zip(encoded_batches(x, encoding=encoding, steps=steps, seed=seed),
                                 encoded_batches(noisy, encoding=encoding, steps=steps, seed=seed)):
-        total += perturbation_ms(model, clean_b, noisy_b) * clean_b.shape[1]
+        ms = perturbation_ms(model, clean_b, noisy_b) if isinstance(model, LIFNetwork) else \
+            graph_perturbation_ms(model, clean_b, noisy_b)
+        total += ms * clean_b.shape[1]
         count += clean_b.shape[1]
     return {"perturbation": f"{spec.kind}:{spec.sigma:g}", "perturbation_ms": total / count,
             "perturbation_ms_unit": "volts^2 (float model's last LIF layer)"}
+
+
+def graph_perturbation_ms(network: FloatNetwork, x_clean: torch.Tensor,
+                          x_pert: torch.Tensor) -> float:
+    """``train.stability.perturbation_ms`` of a NIR layer chain run with the float backend's
+    dynamics: the last layer's currents from ``run.float_backend.float_loop``, its keep and gain
+    from its NeuronSpec (1 - mem_gain and mem_gain * r with a leak; 1 and r for IF)."""
+    check_same_shape(x_clean, x_pert)
+    spec = network.layers[-1].spec
+    mem_gain = torch.as_tensor(spec.mem_gain, dtype=torch.float32)
+    r = torch.as_tensor(spec.r, dtype=torch.float32)
+    keep = 1.0 - mem_gain if spec.leak else torch.ones_like(r)
+    gain = mem_gain * r if spec.leak else r
+    params = [LayerParams.of(layer) for layer in network.layers]
+    with torch.no_grad():
+        i_clean, i_pert = (float_loop(params, x, currents=True).currents[-1]  # type: ignore[index]
+                           for x in (x_clean, x_pert))
+        y = membrane_perturbation(i_clean, i_pert, keep=keep, gain=gain)
+    return float(y.square().mean())
 
 
 def fgsm_set(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, encoding: str,

@@ -138,29 +138,73 @@ def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor
     return z, i, v
 
 
-def run_float(net: FloatNetwork, x: torch.Tensor) -> FloatRun:
-    """Run (T, B, n_in) input through the chain; returns output spikes, counts and current peaks."""
+@dataclasses.dataclass(frozen=True)
+class FloatTrace:
+    """What one pass of ``float_loop`` recorded. ``output``: the output layer's spikes (T, B, n)
+    float32 (with their gradients); ``counts``: per layer, spikes per sample (B, n); ``membrane``: the output layer's v before threshold and reset, in units of its threshold,
+    (T, B, n), when asked; ``currents``: per layer, I_t (T, B, n), when asked; ``u_peaks``: per
+    layer, max |mem_gain * r * I| over the run (voltage units), when asked."""
+
+    output: torch.Tensor
+    counts: tuple[torch.Tensor, ...]
+    membrane: torch.Tensor | None = None
+    currents: tuple[torch.Tensor, ...] | None = None
+    u_peaks: tuple[float, ...] | None = None
+
+
+def float_loop(params: list[LayerParams], x: torch.Tensor, *,
+               spike: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = heaviside,
+               membrane: bool = False, currents: bool = False, peaks: bool = False) -> FloatTrace:
+    """The float time loop, the one every float run goes through: (T, B, ...) input through the
+    layers, ``layer_step`` by step from rest, ``spike`` as the threshold function (a surrogate for
+    gradients); what else is recorded is chosen by the flags. Gradients flow where the caller
+    enables them."""
     steps, batch = x.shape[0], x.shape[1]
     x = x.reshape(steps, batch, -1).to(torch.float32)
-    params = [LayerParams.of(layer) for layer in net.layers]
-    current = [torch.zeros(batch, layer.size) for layer in net.layers]
-    voltage = [torch.zeros(batch, layer.size) for layer in net.layers]
-    counts = [torch.zeros(batch, layer.size) for layer in net.layers]
-    last = [torch.zeros(batch, layer.size) for layer in net.layers]  # spikes of the step before
-    peaks = [0.0] * len(net.layers)
-    out = []
+    sizes = [int(p.b.shape[0]) for p in params]
+    i = [torch.zeros(batch, n) for n in sizes]
+    v = [torch.zeros(batch, n) for n in sizes]
+    last = [torch.zeros(batch, n) for n in sizes]  # spikes of the step before
+    out: list[torch.Tensor] = []
+    counts = [torch.zeros(batch, n) for n in sizes]
+    seen: list[torch.Tensor] = []
+    trace_i: list[list[torch.Tensor]] = [[] for _ in sizes]
+    top = [0.0] * len(sizes)
+
+    def spike_seen(v_pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        seen.append(v_pre / threshold)
+        return spike(v_pre, threshold)
+
+    final = len(params) - 1
+    for t in range(steps):
+        z = x[t]
+        for k, p in enumerate(params):
+            z, i[k], v[k] = layer_step(p, z, i[k], v[k], last[k],
+                                       spike=spike_seen if membrane and k == final else spike)
+            last[k] = z
+            counts[k] = counts[k] + z.detach()
+            if currents:
+                trace_i[k].append(i[k])
+            if peaks:
+                top[k] = max(top[k], float((p.gain * p.r * i[k]).abs().max()))
+        out.append(z)
+    return FloatTrace(output=torch.stack(out), counts=tuple(counts),
+                      membrane=torch.stack(seen) if membrane else None,
+                      currents=tuple(torch.stack(c) for c in trace_i) if currents else None,
+                      u_peaks=tuple(top) if peaks else None)
+
+
+def run_float(net: FloatNetwork, x: torch.Tensor, *, membrane: bool = False) -> FloatRun:
+    """Run (T, B, n_in) input through the chain; returns output spikes, counts and current peaks
+    (and, with ``membrane``, the output layer's membrane in units of its threshold)."""
     with torch.no_grad():
-        for t in range(steps):
-            z = x[t]
-            for k, p in enumerate(params):
-                z, current[k], voltage[k] = layer_step(p, z, current[k], voltage[k], last[k])
-                last[k] = z
-                counts[k] += z
-                peaks[k] = max(peaks[k], float((p.gain * p.r * current[k]).abs().max()))
-            out.append(z)
+        trace = float_loop([LayerParams.of(layer) for layer in net.layers], x, membrane=membrane,
+                           peaks=True)
     recording = Recording(
-        output=torch.stack(out).to(torch.uint8).numpy(),
+        output=trace.output.to(torch.uint8).numpy(),
         layer_names=tuple(layer.neuron for layer in net.layers),
-        counts=tuple(c.to(torch.int64).numpy() for c in counts),
+        counts=tuple(c.to(torch.int64).numpy() for c in trace.counts),
+        membrane=None if trace.membrane is None else trace.membrane.to(torch.float64).numpy(),
     )
-    return FloatRun(recording=recording, u_peaks=tuple(peaks))
+    assert trace.u_peaks is not None
+    return FloatRun(recording=recording, u_peaks=trace.u_peaks)

@@ -14,15 +14,10 @@ steps, samples and neurons; ``perturbation_ms`` reports mean(Y^2) for two given 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from snn_deploy.errors import UserError
 from snn_deploy.train.model import LIFNetwork, Trace
-
-if TYPE_CHECKING:
-    from snn_deploy.convert.nirgraph import FloatNetwork
 
 
 def membrane_perturbation(i_clean: torch.Tensor, i_pert: torch.Tensor, *,
@@ -48,55 +43,20 @@ def perturbation_loss(model: LIFNetwork, clean: Trace, perturbed: Trace) -> torc
                                  gain=gain).square().mean()
 
 
-def _float_last_currents(network: FloatNetwork, x: torch.Tensor) -> torch.Tensor:
-    """(T, B, n_out) currents I_t of the last layer of a NIR layer chain on (T, B, n_in) input."""
-    # The float backend's own step, so these are the currents of the graph being evaluated.
-    # (A later stage: imported here only when the caller hands over a FloatNetwork.)
-    from snn_deploy.run.float_backend import LayerParams, layer_step
-
-    params = [LayerParams.of(layer) for layer in network.layers]
-    batch = x.shape[1]
-    state = [(torch.zeros(batch, layer.size),) * 3 for layer in network.layers]  # i, v, z
-    currents = []
-    for x_t in x.reshape(x.shape[0], batch, -1).to(torch.float32):
-        z = x_t
-        for k, p in enumerate(params):
-            i, v, z_prev = state[k]
-            z, i, v = layer_step(p, z, i, v, z_prev)
-            state[k] = (i, v, z)
-        currents.append(state[-1][0])
-    return torch.stack(currents)
+def perturbation_ms(model: LIFNetwork, x_clean: torch.Tensor, x_pert: torch.Tensor) -> float:
+    """Mean square of the last LIF layer's membrane-potential perturbation Y (volts^2) of a trained
+    ``LIFNetwork`` between two (T, B, n_in) encoded inputs of the same shape (e.g. a clean test set
+    and its noisy or adversarial version, encoded with the same seed): mean over steps, samples and
+    output neurons of Y_t^2. (For a NIR graph: ``evaluate.stability.graph_perturbation_ms``.)"""
+    check_same_shape(x_clean, x_pert)
+    with torch.no_grad():
+        keep, gain = _lif_gains(model)
+        y = membrane_perturbation(model.trace(x_clean).currents[-1],
+                                  model.trace(x_pert).currents[-1], keep=keep, gain=gain)
+    return float(y.square().mean())
 
 
-def perturbation_ms(model_or_network: LIFNetwork | FloatNetwork, x_clean: torch.Tensor,
-                    x_pert: torch.Tensor) -> float:
-    """Mean square of the last LIF layer's membrane-potential perturbation Y (volts^2).
-
-    Args:
-        model_or_network: a trained ``LIFNetwork`` or a NIR layer chain
-            (``convert.nirgraph.FloatNetwork``, run with the float backend's dynamics).
-        x_clean, x_pert: (T, B, n_in) encoded inputs (spikes or graded values), same shape: e.g. a
-            clean test set and its noisy or adversarial version, encoded with the same seed.
-
-    Returns:
-        mean over steps, samples and output neurons of Y_t^2.
-    """
+def check_same_shape(x_clean: torch.Tensor, x_pert: torch.Tensor) -> None:
     if x_clean.shape != x_pert.shape:
         raise UserError(f"clean and perturbed inputs differ in shape: {tuple(x_clean.shape)}"
                         f" vs {tuple(x_pert.shape)}")
-    with torch.no_grad():
-        if isinstance(model_or_network, LIFNetwork):
-            keep, gain = _lif_gains(model_or_network)
-            i_clean = model_or_network.trace(x_clean).currents[-1]
-            i_pert = model_or_network.trace(x_pert).currents[-1]
-            y = membrane_perturbation(i_clean, i_pert, keep=keep, gain=gain)
-        else:
-            spec = model_or_network.layers[-1].spec
-            mem_gain = torch.as_tensor(spec.mem_gain, dtype=torch.float32)
-            r = torch.as_tensor(spec.r, dtype=torch.float32)
-            keep_t = 1.0 - mem_gain if spec.leak else torch.ones_like(r)
-            gain_t = mem_gain * r if spec.leak else r
-            y = membrane_perturbation(_float_last_currents(model_or_network, x_clean),
-                                      _float_last_currents(model_or_network, x_pert),
-                                      keep=keep_t, gain=gain_t)
-    return float(y.square().mean())
