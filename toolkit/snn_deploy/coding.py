@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from snn_deploy.bounds import MAX_STEPS
 from snn_deploy.errors import UserError
 
 
@@ -92,7 +93,6 @@ def fusion_encode(x: torch.Tensor, *, steps: int, seed: int) -> torch.Tensor:
     return torch.cat([ENCODERS[part](x, steps=steps, seed=seed) for part in FUSION_PARTS], dim=-1)
 
 
-MAX_STEPS = 100_000  # a bound on --steps, so a typo fails at once rather than in an allocation
 
 Encoder = Callable[..., torch.Tensor]
 

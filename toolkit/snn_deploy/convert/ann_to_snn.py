@@ -45,7 +45,8 @@ import nir
 import numpy as np
 import torch
 
-from snn_deploy.coding import ENCODERS, MAX_STEPS
+from snn_deploy.bounds import MAX_STEPS
+from snn_deploy.coding import ENCODERS
 from snn_deploy.errors import UnsupportedNode, UserError
 from snn_deploy.train.ann import IDENTITY_LAYERS, neuron_activations
 

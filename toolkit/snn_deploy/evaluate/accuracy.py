@@ -9,7 +9,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from snn_deploy.coding import MAX_STEPS, encode, encoded_width
+from snn_deploy.bounds import MAX_STEPS
+from snn_deploy.coding import encode, encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity
@@ -18,8 +19,8 @@ from snn_deploy.run.float_backend import run_float
 from snn_deploy.run.membrane import MembraneEmulator
 from snn_deploy.run.recording import OnChipMeasurement, Recording
 from snn_deploy.targets import Target
-from snn_deploy.train.decoding import DECODERS, MEMBRANE_DECODERS, DecoderSpec, decoder_predict
 from snn_deploy.train.ann import neuron_activations
+from snn_deploy.train.decoding import DECODERS, MEMBRANE_DECODERS, DecoderSpec, decoder_predict
 
 BACKENDS = ("float", "emulator", "lava-sim", "loihi2")
 # run the Deployment, not the float graph
