@@ -32,8 +32,8 @@ from snn_deploy.bounds import (
 from snn_deploy.coding import ENCODERS
 from snn_deploy.data import DATASETS
 from snn_deploy.errors import Terminated, UserError
-from snn_deploy.evaluate.accuracy import BACKENDS
 from snn_deploy.fileio import all_or_nothing, check_writable, read_text_bounded
+from snn_deploy.run.backends import BACKENDS
 
 EXIT_BAD_INPUT = 2
 SEED = click.IntRange(0, MAX_SEED)

@@ -14,17 +14,12 @@ from snn_deploy.coding import encode, encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity
-from snn_deploy.run.emulator import Emulator
-from snn_deploy.run.float_backend import run_float
-from snn_deploy.run.membrane import MembraneEmulator
+from snn_deploy.run.backends import BACKENDS, DEPLOYED_BACKENDS, Backend, FloatBackend, Record
 from snn_deploy.run.recording import OnChipMeasurement, Recording
 from snn_deploy.targets import Target
 from snn_deploy.train.ann import neuron_activations
 from snn_deploy.train.decoding import DECODERS, MEMBRANE_DECODERS, DecoderSpec, decoder_predict
 
-BACKENDS = ("float", "emulator", "lava-sim", "loihi2")
-# run the Deployment, not the float graph
-DEPLOYED_BACKENDS = frozenset({"emulator", "lava-sim", "loihi2"})
 BATCH = 512  # samples per streamed batch and per encoder chunk
 MAX_INPUT_GB = 4.0  # encoded input is held in memory whole (float32)
 
@@ -47,44 +42,6 @@ class Evaluation:
     on_chip: OnChipMeasurement | None = None  # what Lava's profiler measured (loihi2 only)
 
 
-def run_checkpoint(target: Target, x: torch.Tensor) -> Recording:
-    """Run the Norse model itself (the training-time model), layer by layer to count spikes.
-
-    Layer names are the Norse module indices of the LIF cells, which are the node ids that
-    ``norse.to_nir`` gives them, so reports of a checkpoint and of its NIR graph line up.
-    """
-    if target.checkpoint is None:
-        raise UserError(f"{target.path} is not a checkpoint")
-    modules = list(target.checkpoint.net)
-    counts, names, h = [], [], x
-    with torch.no_grad():
-        for i in range(0, len(modules), 2):
-            linear, cell = modules[i], modules[i + 1]
-            state, spikes = None, []
-            for h_t in h:
-                z, state = cell(linear(h_t), state)
-                spikes.append(z)
-            h = torch.stack(spikes)
-            counts.append(h.sum(0).to(torch.int64).numpy())
-            names.append(str(i + 1))
-    return Recording(output=h.to(torch.uint8).numpy(), layer_names=tuple(names),
-                     counts=tuple(counts))
-
-
-def run_checkpoint_membrane(target: Target, x: torch.Tensor) -> Recording:
-    """``run_checkpoint`` with the output layer's pre-reset membrane (``train.model.Trace``, whose
-    step is Norse's, tests/test_train_rules.py)."""
-    if target.checkpoint is None:
-        raise UserError(f"{target.path} is not a checkpoint")
-    with torch.no_grad():
-        trace = target.checkpoint.trace(x)
-    assert trace.membrane is not None
-    return Recording(output=trace.output.to(torch.uint8).numpy(),
-                     layer_names=tuple(str(2 * k + 1) for k in range(len(trace.spikes))),
-                     counts=tuple(z.sum(0).to(torch.int64).numpy() for z in trace.spikes),
-                     membrane=trace.membrane.to(torch.float64).numpy())
-
-
 def _synapses(target: Target, backend: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """The weights the backend runs: per layer, feed-forward and recurrent (or None)."""
     if backend in DEPLOYED_BACKENDS:
@@ -97,66 +54,28 @@ def _synapses(target: Target, backend: str) -> tuple[list[np.ndarray], list[np.n
     return [layer.weight for layer in layers_f], [layer.recurrent for layer in layers_f]
 
 
-def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *,
-                device: str = "cpu", total: int | None = None,
-                on_progress: Progress | None = None, membrane: bool = False) -> Recording:
-    """Run consecutive (T, B, n) input batches on a backend, as one stream of samples.
-
-    float and emulator take the batches one by one (bounded memory; every sample starts from rest,
-    as in the single Lava run, where each layer is reset at its first step of each sample); lava-sim
-    and loihi2 run all samples in one Lava run (loihi2 on the chip, its Recording carrying the
-    profiler's measured time and energy; without Intel's lava-loihi it raises BackendUnavailable
-    before reading any input). ``membrane``: also record the output layer's pre-reset membrane
-    (``Recording.membrane``, the max-membrane decoder's input; not on loihi2).
-    """
+def open_backend(target: Target, backend: str, *, device: str = "cpu") -> Backend:
+    """The model of ``target`` on the named backend (``run.backends.BACKENDS``): its Deployment on
+    a deployed backend, else its Norse model or its NIR graph on float."""
     check_backend(target, backend)
     if target.ann is not None:
         raise UserError(f"{target.path} is an ANN: it reads values, not spike trains; evaluate it"
                         " on the float backend, or convert it to a NIR graph with"
                         " `snn-deploy convert`")
-    if membrane and backend == "loihi2":
-        raise UserError("the max-membrane decoder reads the output layer's v every step; the loihi2"
-                        " backend records spikes only (use emulator or lava-sim)")
-    if backend == "lava-sim":
-        from snn_deploy.run.lava_sim import run_lava_sim, run_lava_sim_membrane
-
-        xs = torch.cat(list(batches), dim=1)
-        run_lava = run_lava_sim_membrane if membrane else run_lava_sim
-        return run_lava(target.require_deployment(), xs.numpy(), on_progress=on_progress)
-    if backend == "loihi2":
-        from snn_deploy.run.loihi2 import require_lava_loihi, run_loihi2
-
-        require_lava_loihi()
-        xs = torch.cat(list(batches), dim=1)
-        return run_loihi2(target.require_deployment(), xs.numpy(), on_progress=on_progress)
-    emulator: Emulator | MembraneEmulator | None = None
-    if backend == "emulator":
-        dep = target.require_deployment()
-        emulator = MembraneEmulator(dep, device=device) if membrane else Emulator(dep, device=device)
-    parts, done = [], 0
-    for xb in batches:
-        if emulator is not None:
-            parts.append(emulator.run(xb))
-        elif target.checkpoint is not None:
-            parts.append(run_checkpoint_membrane(target, xb) if membrane
-                         else run_checkpoint(target, xb))
-        else:
-            parts.append(run_float(target.require_network(), xb, membrane=membrane).recording)
-        done += xb.shape[1]
-        if on_progress is not None:
-            on_progress(done, total if total is not None else done)
-    return _concat(parts)
+    if backend in DEPLOYED_BACKENDS:
+        return BACKENDS[backend](target.require_deployment(), device=device)
+    model = target.checkpoint if target.checkpoint is not None else target.require_network()
+    return FloatBackend(model, device=device)
 
 
-def _concat(parts: list[Recording]) -> Recording:
-    membranes = [p.membrane for p in parts]
-    return Recording(
-        output=np.concatenate([p.output for p in parts], axis=1),
-        layer_names=parts[0].layer_names,
-        counts=tuple(np.concatenate(c) for c in zip(*(p.counts for p in parts))),
-        membrane=None if any(m is None for m in membranes)
-        else np.concatenate(membranes, axis=1),  # type: ignore[arg-type]
-    )
+def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *,
+                device: str = "cpu", total: int | None = None,
+                on_progress: Progress | None = None, membrane: bool = False) -> Recording:
+    """Run consecutive (T, B, n) input batches of ``target`` on a backend, as one stream of
+    samples (``Backend.run``); ``membrane``: also record the output layer's pre-reset membrane
+    (``Recording.membrane``, the max-membrane decoder's input; not on loihi2)."""
+    return open_backend(target, backend, device=device).run(
+        batches, record=Record(membrane=membrane), total=total, on_progress=on_progress)
 
 
 def recording_logits(recording: Recording, decoder: DecoderSpec) -> torch.Tensor:

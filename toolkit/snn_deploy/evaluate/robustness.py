@@ -28,11 +28,11 @@ from snn_deploy.attack.sources import make_source
 from snn_deploy.coding import encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
-from snn_deploy.evaluate.accuracy import (DEPLOYED_BACKENDS, _synapses, recording_logits,
-                                          recording_predictions, run_backend)
+from snn_deploy.evaluate.accuracy import _synapses, recording_logits, recording_predictions, run_backend
 from snn_deploy.evaluate.counts import ActivityCounts, activity
 from snn_deploy.evaluate.energy import Energy, price
 from snn_deploy.profiles import Profile
+from snn_deploy.run.backends import DEPLOYED_BACKENDS
 from snn_deploy.run.emulator import run_emulator
 from snn_deploy.run.membrane import MembraneEmulator
 from snn_deploy.run.recording import Recording

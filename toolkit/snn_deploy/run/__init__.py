@@ -1,4 +1,5 @@
-"""Stage 4: backends that run a network on encoded input and return a Recording.
+"""Stage 4: backends that run a network on encoded input and return a Recording, each behind the
+``Backend`` protocol and named in ``BACKENDS`` (run/backends.py).
 
 ``float`` runs a NIR layer chain in torch; ``lava-sim`` runs a Deployment on Lava's CPU simulator;
 ``loihi2`` runs the same Lava process graph on Loihi 2 chips (Intel's lava-loihi). Lava is imported
