@@ -31,6 +31,7 @@ demo: setup
 	$(BIN)/snn-deploy attack $(OUT)/digits.deploy.h5 --backend emulator --attack pgd --eps 0,0.05,0.1,0.2,0.5,1.0 --seed $(SEED) --report-dir $(OUT)/attack
 
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 bench: setup

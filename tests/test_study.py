@@ -8,14 +8,8 @@ import math
 
 import pytest
 from snn_deploy.errors import UserError
-from snn_deploy.evaluate.study import (
-    Cell,
-    load_study,
-    loss_keywords,
-    parse_study,
-    regulariser_keywords,
-    run_study,
-)
+from snn_deploy.study import load_study, parse_study, run_study
+from snn_deploy.study.config import Cell, loss_keywords, regulariser_keywords
 
 # Two cells: the spike-flip attack needs a spike encoding, so the direct-coded cell fails for real
 # inside its sweep, while the rate-coded one finishes.

@@ -739,7 +739,7 @@ def study(config_path, out_dir) -> None:
     """Train a grid (coding x decoder x rule x recurrence x regulariser x seeds), deploy every cell,
     attack it on the backend with its own decoder, and write study.csv, study.md and study.png
     (mean and spread over seeds)."""
-    from snn_deploy.evaluate.study import folder_name, load_study, run_study
+    from snn_deploy.study import folder_name, load_study, run_study
 
     config = load_study(config_path)
     out = Path(out_dir) if out_dir is not None else Path("study_out") / folder_name(config.name)
