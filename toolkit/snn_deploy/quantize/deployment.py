@@ -55,7 +55,23 @@ class RecurrentSynapse:
 
 @dataclasses.dataclass(frozen=True)
 class QuantLayer:
-    """A Lava ``Dense`` (integer weights) feeding a Lava CUBA ``LIF`` population.
+    """A Lava ``Dense`` (integer weights) feeding a Lava CUBA ``LIF`` population, in Loihi 2's
+    fixed-point arithmetic (Lava 0.10: ``PyDenseModelBitAcc``, lava/proc/dense/models.py, and
+    ``AbstractPyLifModelFixed``, lava/proc/lif/models.py; REFERENCES.md). Per time step t, on
+    int32 arrays (sums wrap modulo 2**32), with the profile's shifts (6) and 12-bit decays:
+
+        w     = truncate(clip(weights, sign_mode), num_weight_bits)     (lava/utils/weightutils.py)
+        a_t   = (sum_j w_ij s_j,t-1) << weight_exp       (>> -weight_exp, flooring, when negative)
+                [+ (sum_j r_ij z_j,t-1) << rec.weight_exp, the recurrent Dense, at the same port]
+        u_t   = sign(u (4096 - du - 1)) (|u (4096 - du - 1)| >> 12) + (a_t << 6),
+                folded once into 24 bits (u > 2**23 loses 2**24, u <= -2**23 gains it)
+        v_t   = clip(sign(v (4096 - dv)) (|v (4096 - dv)| >> 12) + u_t + (bias_mant << bias_exp),
+                     -(2**23 - 1), 2**23 - 1)
+        z_t   = [v_t > vth << 6];   v_t <- 0 where z_t (u is kept)
+
+    The Dense delays its output by one step, so layer l of a network sees layer l - 1's spikes
+    one step later on Lava; every simulator here runs each layer in its own local time, every
+    sample from rest. ``run.lif_core`` is the one implementation of these equations.
 
     ``weights`` are int32 mantissas (n_out, n_in), already on the grid Lava's fixed-point Dense
     uses (clipped and truncated for ``sign_mode`` and ``num_weight_bits``). ``scale`` is the number

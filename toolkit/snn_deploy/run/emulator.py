@@ -2,16 +2,9 @@
 vectorised over samples (and over time for the synaptic sums), in torch, on CPU or CUDA.
 
 It reproduces, operation for operation, ``PyDenseModelBitAcc`` (lava/proc/dense/models.py) and
-``PyLifResetModelBitAcc`` / ``AbstractPyLifModelFixed`` (lava/proc/lif/models.py):
-
-    Dense   w <- truncate(clip(w, sign mode), num_weight_bits)        (lava/utils/weightutils.py)
-            a_t = (sum_j w_ij s_j,t-1) << weight_exp     (>> for negative exponents: floor)
-    LIF     u <- sign(u (4096 - du - 1)) (|u (4096 - du - 1)| >> 12) + (a_in << 6), wrapped into 24 bits
-            v <- sign(v (4096 - dv)) (|v (4096 - dv)| >> 12) + u + (bias_mant << bias_exp),
-                 clipped to +-(2**23 - 1)
-            spike = v > (vth << 6);  v <- 0 where spiked (u is kept)
-
-including int32 wrap-around where Lava's numpy arrays are int32. Time is per layer *local*: the
+``PyLifResetModelBitAcc`` / ``AbstractPyLifModelFixed`` (lava/proc/lif/models.py), whose
+equations are in ``quantize.deployment.QuantLayer``'s docstring; the LIF step is the one of
+``run.lif_core``, the Dense here. Time is per layer *local*: the
 Dense delay shifts layer l by l steps on Lava, and the lava-sim backend resets every layer at its
 own first step of each sample and empties recurrent synapses there (run/lava_sim.py), so in local
 time every sample starts from zero state and layer l at step k sees layer l-1's spikes of step k.
@@ -25,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import threading
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,11 +29,10 @@ from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.quantize.fixed_point import lava_dense_grid
 from snn_deploy.run import kernel as cpu_kernel
+from snn_deploy.run.lif_core import (INT31, Bounds, abs_max, bounds, lif_update, scaled_bias,
+                                     torch_ops, wrap_int32)
 from snn_deploy.run.recording import Recording
 
-# Lava's fixed-point arrays are int32 (lava_formats.INT_BITS): sums wrap modulo 2**32.
-_INT32 = float(1 << lava.INT_BITS)
-_INT31 = float(1 << (lava.INT_BITS - 1))
 CHUNK = 256  # samples per pass and thread: keeps each step's tensors in cache
 KERNELS = ("numba", "torch")  # the step loop: run/kernel.py (CPU only) or lif_step in torch
 
@@ -65,22 +58,6 @@ def _empty(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: torch
            device: torch.device) -> torch.Tensor:
     return ws.get(name, shape, dtype, device) if ws is not None else \
         torch.empty(shape, dtype=dtype, device=device)
-
-
-def wrap_int32(x: torch.Tensor) -> torch.Tensor:
-    """Two's-complement wrap into int32's range (numpy int32 overflow), on exact float64 integers."""
-    lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
-    if lo >= -_INT31 and hi < _INT31:
-        return x
-    return torch.remainder(x + _INT31, _INT32) - _INT31
-
-
-def _abs_max(x: torch.Tensor) -> float:
-    """max |x| in one pass without a temporary (0 for an empty tensor)."""
-    if not x.numel():
-        return 0.0
-    lo, hi = torch.aminmax(x)
-    return max(-float(lo), float(hi))
 
 
 def lava_weights(layer: QuantLayer, *, weight_bits: int = lava.WEIGHT_BITS) -> np.ndarray:
@@ -118,7 +95,7 @@ class Synapses:
             folded = torch.as_tensor(w * 2.0 ** (weight_exp + profile.activation_shift),
                                      dtype=torch.float32, device=device)
         return cls(weights=torch.as_tensor(w, dtype=dtype, device=device), matmul_dtype=dtype,
-                   weight_exp=weight_exp, graded=graded, int32_safe=into_u < _INT31,
+                   weight_exp=weight_exp, graded=graded, int32_safe=into_u < INT31,
                    peak=shifted, folded=folded)
 
 
@@ -152,10 +129,7 @@ class LayerConstants:
             rec = Synapses.of(rec_w, weight_exp=r.weight_exp, graded=False, profile=p,
                               device=device, max_input=1)
             rec_wt = np.ascontiguousarray(rec_w.T, dtype=np.float64)
-        mant = layer.bias_mant.astype(np.int64)
-        exp = layer.bias_exp.astype(np.int64)
-        bias = np.where(exp >= 0, mant << np.clip(exp, 0, None), mant >> np.clip(-exp, 0, None))
-        bias = (bias + (1 << 31)) % (1 << 32) - (1 << 31)  # int32, as in scale_bias
+        bias = scaled_bias(layer.bias_mant, layer.bias_exp)
         unity = float(p.decay_unity)
         return cls(
             ff=ff, rec=rec,
@@ -197,67 +171,23 @@ class LayerTrace:
         return self.counts if self.counts is not None else spike_counts(self.spikes)
 
 
-@dataclasses.dataclass
-class _Bounds:
-    """What the step loop must check, decided once per layer from worst-case bounds."""
-
-    checked: bool  # u may leave the 24-bit (or int32) range
-    bias_big: bool  # the int32 sum for v may overflow through the bias alone
-    has_bias: bool
-    clamp_v: bool  # v may reach its saturation limits
-
-
-def _bounds(c: LayerConstants, act_peak: float, profile: Profile) -> _Bounds:
-    big = float(profile.state_max)
+def layer_bounds(c: LayerConstants, act_peak: float, profile: Profile) -> Bounds:
+    """``lif_core.bounds`` of a layer whose feed-forward input into u peaks at ``act_peak``."""
     if c.rec is not None:
         act_peak += c.rec.peak * float(1 << profile.activation_shift)
-    # |u| <= max|act| / (1 - keep) (truncation only shrinks it): when that stays inside the
-    # 24-bit range, no step needs the overflow checks.
-    checked = c.u_keep >= 1.0 or act_peak / (1.0 - c.u_keep) >= big
-    bias = _abs_max(c.bias)
-    bias_big = bool(bias + 2 * big >= _INT31)
-    # likewise |v| <= (max|u| + max|bias|) / (1 - v_keep) while u stays in range
-    clamp_v = checked or c.v_keep >= 1.0 or \
-        (act_peak / (1.0 - c.u_keep) + bias) / (1.0 - c.v_keep) >= big - 1
-    return _Bounds(checked=checked, bias_big=bias_big, has_bias=bias > 0, clamp_v=clamp_v)
-
-
-def decay_(x: torch.Tensor, keep: float, scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """x <- trunc(x * keep) in place, for exact float64 integers x and keep a multiple of 2**-12.
-
-    x * keep is exact (a multiple of 2**-12 below 2**53), and so are its fractional part and the
-    difference of the two; torch's trunc is not vectorised on CPU (torch 2.3, measured 3x slower
-    than frac, which is).
-    """
-    x.mul_(keep)
-    return x.sub_(torch.frac(x, out=scratch) if scratch is not None else torch.frac(x))
+    return bounds(act_peak=act_peak, u_keep=c.u_keep, v_keep=c.v_keep, bias_peak=abs_max(c.bias),
+                  big=float(profile.state_max))
 
 
 def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Tensor,
-             bounds: _Bounds, big: float, out: torch.Tensor | None = None,
+             update: Callable, big: float, out: torch.Tensor | None = None,
              scratch: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of Lava's fixed-point LIF on exact float64 integers; u and v are updated in place
-    where possible, the spikes written into ``out`` when given. ``act`` may be float32 (exact
-    integers). Returns (u, v, spikes)."""
-    u = decay_(u, c.u_keep, scratch).add_(act)
-    u_big = False
-    if bounds.checked:
-        lo, hi = torch.aminmax(u)
-        if hi >= _INT31 or lo < -_INT31:  # decayed u + act is an int32 sum in Lava
-            u = wrap_int32(u)
-            lo, hi = torch.aminmax(u)
-        if hi > big or lo <= -big:  # Lava's 24-bit wrap of u: one fold each way, not a modulo
-            u = u - (u > big) * (2 * big) + (u <= -big) * (2 * big)
-            lo, hi = torch.aminmax(u)
-            u_big = bool(hi > big or lo <= -big)  # |u| can stay beyond 24 bits after one fold
-    v = decay_(v, c.v_keep, scratch).add_(u)
-    if bounds.has_bias:
-        v = v.add_(c.bias)
-    if u_big or bounds.bias_big:  # only then can the int32 sum for v overflow
-        v = wrap_int32(v)
-    if bounds.clamp_v:
-        v = v.clamp_(-big + 1, big - 1)
+    """One step of Lava's fixed-point LIF on exact float64 integers: ``update`` (the layer's
+    ``lif_core.lif_update`` over ``lif_core.torch_ops``), then the threshold and reset; the spikes
+    written into ``out`` when given. ``act`` may be float32 (exact integers). Returns (u, v,
+    spikes)."""
+    u, v = update(u, v, act, c.bias, c.u_keep, c.v_keep, big)
     # reset: v * [v <= vth] with a float mask (comparisons into bool and masked_fill are 3-5x
     # slower on CPU, torch 2.3); v is a finite integer, so the product is exactly 0 or v
     keep = torch.le(v, c.vth, out=scratch) if scratch is not None else torch.le(v, c.vth).double()
@@ -313,16 +243,17 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, record_state
     big = float(profile.state_max)
     shift = float(1 << profile.activation_shift)
     recurrent = c.rec is not None
-    bounds = _bounds(c, _abs_max(a_in) * (shift if recurrent else 1.0), profile)
     state = (tuple(a_in.shape[1:]), torch.float64, a_in.device)
     u, v = _empty(ws, "u", *state).zero_(), _empty(ws, "v", *state).zero_()
     scratch = _empty(ws, "scratch", *state)
+    update = lif_update(torch_ops(scratch),
+                        layer_bounds(c, abs_max(a_in) * (shift if recurrent else 1.0), profile))
     spikes = _empty(ws, name, tuple(a_in.shape), torch.bool, a_in.device)
     z_prev = torch.zeros_like(u, dtype=torch.bool)
     us, vs = [], []
     for t in range(a_in.shape[0]):
         act_t = _recurrent_act(c, a_in[t], z_prev, shift) if recurrent else a_in[t]
-        u, v, z_prev = lif_step(c, u, v, act_t, bounds, big, out=spikes[t], scratch=scratch)
+        u, v, z_prev = lif_step(c, u, v, act_t, update, big, out=spikes[t], scratch=scratch)
         if record_state:
             us.append(u.to(torch.int64))
             vs.append(v.to(torch.int64))
@@ -390,7 +321,7 @@ def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device =
     loop (a key of ``KERNELS``; default ``default_kernel(device)``)."""
     dev = torch.device(device)
     s = input_levels(dep, x.to(dev), ws=ws)
-    peak = int(_abs_max(s))
+    peak = int(abs_max(s))
     layers = consts.get(peak) if consts is not None else None
     if layers is None:
         layers = constants(dep, dev, peak)

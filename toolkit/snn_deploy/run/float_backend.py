@@ -141,7 +141,8 @@ def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor
 @dataclasses.dataclass(frozen=True)
 class FloatTrace:
     """What one pass of ``float_loop`` recorded. ``output``: the output layer's spikes (T, B, n)
-    float32 (with their gradients); ``counts``: per layer, spikes per sample (B, n); ``membrane``: the output layer's v before threshold and reset, in units of its threshold,
+    float32 (with their gradients); ``counts``: per layer, spikes per sample (B, n);
+    ``membrane``: the output layer's v before threshold and reset, in units of its threshold,
     (T, B, n), when asked; ``currents``: per layer, I_t (T, B, n), when asked; ``u_peaks``: per
     layer, max |mem_gain * r * I| over the run (voltage units), when asked."""
 

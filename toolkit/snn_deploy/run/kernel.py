@@ -2,25 +2,18 @@
 
 Stage: run (part of the ``emulator`` backend, run/emulator.py). Eager torch spends most of an
 emulator run dispatching a dozen small element-wise operations per time step (about 9 us each on a
-256 x 128 tensor, mostly overhead), so on CPU the step loop is compiled instead. It computes what
-``emulator.lif_step`` computes, in the order of Lava's ``PyLifModelBitAcc`` /
-``PyDenseModelBitAcc`` (lava/proc/lif/models.py, lava/proc/dense/models.py; REFERENCES.md):
-
-    recurrent  r = (sum_j w_ij z_j,t-1) << e   (>> for e < 0: floor), wrapped to int32 (a_out)
-               a = wrap32(wrap32(a_ff + r) << 6)   the LIF's a_in sums both Dense outputs
-    LIF        u = wrap32(sign(u m_u) (|u m_u| >> 12) + a),  m_u = 4096 - du - 1
-               u -= 2**24 if u > 2**23;  u += 2**24 if u <= -2**23        (one fold, not modulo)
-               v = clip(wrap32(sign(v m_v) (|v m_v| >> 12) + u + bias), -(2**23 - 1), 2**23 - 1)
-               z = v > vth << 6;  v = 0 where z
-
-Values are integers held exactly in float64 (all stay below 2**44), so the truncating shift is
-``trunc(u * m_u / 4096)`` and the wrap ``x - 2**32 floor((x + 2**31) / 2**32)``; in that form LLVM
-vectorises the loop. Every wrap and clip is applied on every step: where a bound rules an
-overflow out (the torch loop checks such bounds to skip them) it is the identity, so both loops
-compute the same integers. Each sample starts from zero state with no spikes on its recurrent
-synapse (run/lava_sim.py makes Lava do the same). The kernel releases the GIL, so chunks of
-samples run in parallel threads. tests/test_emulator.py compares it with Lava, spike for spike and
-state for state.
+256 x 128 tensor, mostly overhead), so on CPU the step loop is compiled instead. The step itself is
+``lif_core.lif_update`` (the equations: ``quantize.deployment.QuantLayer``), compiled with numba
+from the same template the torch loop and the twin use, with every wrap and clip applied on every
+step: where a bound rules an overflow out (the torch loop skips such operations) it is the
+identity, so both loops compute the same integers, and in that branch-free form LLVM vectorises
+the loop. What this file adds: the recurrent input (Lava's Dense on the previous step's spikes,
+``<< e`` or a floored ``>> -e``, wrapped to int32, summed with the feed-forward Dense's int32
+output at the LIF's input port, then ``<< 6``), the threshold ``v > vth << 6`` with its reset
+``v <- 0``, and the loops. Values are integers held exactly in float64 (all stay below 2**44).
+Each sample starts from zero state with no spikes on its recurrent synapse (run/lava_sim.py makes
+Lava do the same). The kernel releases the GIL, so chunks of samples run in parallel threads.
+tests/test_emulator.py compares it with Lava, spike for spike and state for state.
 """
 
 from __future__ import annotations
@@ -28,15 +21,35 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_T32 = float(1 << 32)
-_H32 = float(1 << 31)
-_INV32 = 1.0 / _T32
+from snn_deploy.run.lif_core import ALWAYS, INT31, INT32, Ops, lif_update
+
+_INV32 = 1.0 / INT32
 
 
 @numba.njit(inline="always")
 def _wrap32(x: float) -> float:
     """Two's-complement wrap of an exact float64 integer into int32's range."""
-    return x - _T32 * np.floor((x + _H32) * _INV32)
+    return x - INT32 * np.floor((x + INT31) * _INV32)
+
+
+@numba.njit(inline="always")
+def _decay(x: float, keep: float) -> float:
+    return np.trunc(x * keep)
+
+
+@numba.njit(inline="always")
+def _fold24(x: float, big: float) -> float:
+    return x - 2.0 * big * (x > big) + 2.0 * big * (x <= -big)
+
+
+@numba.njit(inline="always")
+def _saturate(x: float, limit: float) -> float:
+    return limit if x > limit else (-limit if x < -limit else x)
+
+
+# lif_core's step for one (sample, neuron), compiled, every wrap and clamp applied
+_update = lif_update(Ops(decay=_decay, wrap32=_wrap32, fold24=_fold24, saturate=_saturate,
+                         compile=numba.njit(inline="always")), ALWAYS)
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)
@@ -46,14 +59,8 @@ def _integrate(act, u, v, bias, u_keep, v_keep, big):  # pragma: no cover (compi
     Kept apart from the threshold pass: with one more array written in the same loop, LLVM's
     runtime alias checks exceed their limit and the loop is left scalar (4-5x slower, measured).
     """
-    lo, hi, two = -big + 1.0, big - 1.0, 2.0 * big
     for i in range(act.shape[0]):
-        x = _wrap32(np.trunc(u[i] * u_keep) + act[i])
-        x = x - two * (x > big) + two * (x <= -big)
-        y = _wrap32(np.trunc(v[i] * v_keep) + x + bias[i])
-        y = hi if y > hi else y
-        u[i] = x
-        v[i] = lo if y < lo else y
+        u[i], v[i] = _update(u[i], v[i], act[i], bias[i], u_keep, v_keep, big)
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)

@@ -1,13 +1,9 @@
 """The output layer's membrane potential on the deployed backends, for the max-membrane decoder.
 
 Lava's LIF (and the emulator, ``run_layers(..., record_state=True)``) expose u and v *after* the
-step's reset. The decoder reads v *before* the threshold test (train/decoding.py), which a step of
-Lava's fixed-point LIF (REFERENCES.md) gives from the previous step's v and this step's u:
-
-    v_pre_t = clamp(wrap32(sign(v_{t-1} (4096 - dv)) (|v_{t-1} (4096 - dv)| >> 12) + u_t + bias),
-                    -(2**23 - 1), 2**23 - 1)
-
-with v_{-1} = 0 at each sample's first step (LIFReset zeroes u and v there). Computed on exact
+step's reset. The decoder reads v *before* the threshold test (train/decoding.py), which the v half
+of Lava's fixed-point step (``lif_core.v_update``) gives from the previous step's v and this step's
+u, with v_{-1} = 0 at each sample's first step (LIFReset zeroes u and v there). Computed on exact
 integers (float64) and divided by the threshold vth << 6, so emulator and lava-sim give the same
 numbers whenever their u and v agree (tests/test_codings_decoders.py checks it on Lava).
 """
@@ -18,7 +14,8 @@ import numpy as np
 import torch
 
 from snn_deploy.quantize.deployment import Deployment
-from snn_deploy.run.emulator import CHUNK, LayerConstants, run_layers, spike_counts, wrap_int32
+from snn_deploy.run.emulator import CHUNK, LayerConstants, run_layers, spike_counts
+from snn_deploy.run.lif_core import ALWAYS, torch_ops, v_update
 from snn_deploy.run.recording import Recording
 
 
@@ -26,12 +23,10 @@ def pre_reset_membrane(dep: Deployment, u: torch.Tensor, v: torch.Tensor) -> tor
     """(T, B, C) integer u and post-reset v of the output layer, each sample in local time from
     zero state -> (T, B, C) float64 v before threshold and reset, in units of vth << 6."""
     c = LayerConstants.of(dep.layers[-1], dep, torch.device("cpu"), 1)
-    big = float(dep.profile.state_max)
     v = v.to(torch.float64)
     before = torch.cat([torch.zeros_like(v[:1]), v[:-1]])
-    decayed = before * c.v_keep
-    decayed = torch.sgn(decayed) * torch.floor(decayed.abs())  # Lava: sign(x) (|x| >> 12)
-    pre = wrap_int32(decayed + u.to(torch.float64) + c.bias).clamp(-big + 1, big - 1)
+    pre = v_update(torch_ops(), ALWAYS)(before, u.to(torch.float64), c.bias, c.v_keep,
+                                        float(dep.profile.state_max))
     return pre / max(c.vth, 1.0)
 
 

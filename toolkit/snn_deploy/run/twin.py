@@ -25,8 +25,9 @@ from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.quantize.fixed_point import lava_dense_grid
 from snn_deploy.run.emulator import lava_weights
+from snn_deploy.run.lif_core import (INT31, Ops, abs_max, bounds, decay_, fold24, lif_update,
+                                     scaled_bias, wrap_int32)
 
-_INT31, _INT32 = float(1 << 31), float(1 << 32)
 
 
 def _ste(x: torch.Tensor, exact: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -36,20 +37,10 @@ def _ste(x: torch.Tensor, exact: Callable[[torch.Tensor], torch.Tensor]) -> torc
     return x if e is d else x + (e - d)
 
 
-def _wrap32(x: torch.Tensor) -> torch.Tensor:
-    lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
-    if lo >= -_INT31 and hi < _INT31:
-        return x
-    return torch.remainder(x + _INT31, _INT32) - _INT31
-
-
-_HALF = 0.5 - 2.0 ** -13
-
-
 def _exact_matmul(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """s @ w.T for integer-valued s and w, in float32 (twice BLAS's float64 speed) when no sum can
     reach 2**24, where float32 stops holding integers exactly; else in float64."""
-    worst = _abs_max(s) * float(w.detach().abs().sum(dim=1).max()) if w.numel() else 0.0
+    worst = abs_max(s) * float(w.detach().abs().sum(dim=1).max()) if w.numel() else 0.0
     if worst < 1 << 24:
         return torch.matmul(s.to(torch.float32), w.to(torch.float32).T).to(torch.float64)
     return torch.matmul(s, w.T)
@@ -89,26 +80,23 @@ class _Saturate(torch.autograd.Function):
 
 
 class _Decay(torch.autograd.Function):
-    """Forward trunc(x * keep) for integers x and keep a multiple of 2**-12 (half a unit toward
-    zero, then round: torch's trunc is not vectorised on CPU, see run.emulator.decay_); backward
-    the derivative of x * keep, the truncation passed straight through."""
+    """Forward ``lif_core.decay_``, trunc(x * keep); backward the derivative of x * keep, the
+    truncation passed straight through."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: float) -> torch.Tensor:  # type: ignore[override]
         ctx.keep = keep
-        y = x * keep
-        return y.sub_(torch.sgn(y), alpha=_HALF).round_()
+        return decay_(x.clone(), keep)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         return grad * ctx.keep, None
 
 
-def _abs_max(x: torch.Tensor) -> float:
-    if not x.numel():
-        return 0.0
-    lo, hi = torch.aminmax(x.detach())
-    return max(-float(lo), float(hi))
+# lif_core's integer operations, exact forward, straight through (the decay: its own
+# derivative) backward
+TWIN_OPS = Ops(decay=_Decay.apply, wrap32=lambda x: _ste(x, wrap_int32),
+               fold24=lambda x, big: _ste(x, lambda z: fold24(z, big)), saturate=_Saturate.apply)
 
 
 # Surrogate derivatives of the Heaviside step at x = (v - theta) / theta, width w > 0.
@@ -153,6 +141,19 @@ class TwinOutput:
         return self.layers[-1]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Drive:
+    """A layer's input, one tensor per step: what enters u (a_in << 6) for a feed-forward layer,
+    the feed-forward Dense's int32 output for a recurrent one (``rec``: its recurrent weights,
+    exponent and peak). ``peak``: the largest |input into u|; ``wrap``: whether its shift into u
+    can overflow int32."""
+
+    steps: tuple[torch.Tensor, ...]
+    peak: float
+    wrap: bool
+    rec: tuple[torch.Tensor, int, float] | None
+
+
 class EmulatorTwin(torch.nn.Module):
     """A torch module whose forward equals ``run.emulator`` on its Deployment, bit for bit."""
 
@@ -171,9 +172,7 @@ class EmulatorTwin(torch.nn.Module):
             w = lava_weights(layer, weight_bits=p.weight_bits)
             self.weights.append(torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float64)))
             self.vth.append(torch.nn.Parameter(torch.tensor(float(layer.vth), dtype=torch.float64)))
-            bias = np.where(layer.bias_exp >= 0,
-                            layer.bias_mant.astype(np.int64) << np.clip(layer.bias_exp, 0, None),
-                            layer.bias_mant.astype(np.int64) >> np.clip(-layer.bias_exp, 0, None))
+            bias = scaled_bias(layer.bias_mant, layer.bias_exp, wrap=False)
             self.bias.append(torch.nn.Parameter(torch.as_tensor(bias, dtype=torch.float64)))
 
     def _grid_weights(self, k: int) -> torch.Tensor:
@@ -197,12 +196,12 @@ class EmulatorTwin(torch.nn.Module):
     def _shifted(self, acc: torch.Tensor, weight_exp: int, graded: bool) -> torch.Tensor:
         """A Dense's summed input after Lava's int32 wraps and its exponent shift."""
         if graded:
-            acc = _ste(acc, _wrap32)
+            acc = _ste(acc, wrap_int32)
         if weight_exp > 0:
-            acc = _ste(acc * float(1 << weight_exp), _wrap32)
+            acc = _ste(acc * float(1 << weight_exp), wrap_int32)
         elif weight_exp < 0:
             acc = _ste(acc / float(1 << -weight_exp), torch.floor)
-        return _ste(acc, _wrap32)
+        return _ste(acc, wrap_int32)
 
     def _recurrent(self, k: int) -> tuple[torch.Tensor, int, float] | None:
         rec = self.dep.layers[k].recurrent
@@ -218,83 +217,76 @@ class EmulatorTwin(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> TwinOutput:
         """(T, B, n) input in [0, 1] (spikes or graded values) -> spikes of every layer and the
         output layer's pre-reset membrane."""
-        p = self.dep.profile
         steps, batch = x.shape[0], x.shape[1]
         x = x.reshape(steps, batch, -1).to(torch.float64)
         if x.shape[2] != self.dep.input_size:
             raise UserError(f"input has {x.shape[2]} channels, the deployment takes {self.dep.input_size}")
-        big = float(p.state_max)
-        unity = float(p.decay_unity)
         s = _ste(x * self.dep.input_scale if self.dep.input_scale != 1 else x, torch.round)
-        outs = []
-        shift = float(1 << p.activation_shift)
-        for k, layer in enumerate(self.dep.layers):
-            w = self._grid_weights(k)
-            rec = self._recurrent(k)
-            into_u = float(1 << (layer.weight_exp + p.activation_shift)) if layer.weight_exp >= 0 else 0.0
-            worst = _abs_max(s) * float(w.detach().abs().sum(dim=1).max()) if w.numel() else 0.0
-            # A feed-forward layer whose input, shifted into u, cannot leave int32: no wrap can
-            # happen, so the exponent and activation shifts are one multiplication.
-            folded = rec is None and 0 < into_u and worst * into_u < _INT31
-            if folded:
-                acts_all = _exact_matmul(s, w) * into_u
-                ff = acts_all
-            else:
-                ff = self._shifted(_exact_matmul(s, w), layer.weight_exp, layer.num_message_bits > 0)
-            u_keep = (unity - (layer.du + p.du_offset)) / unity
-            v_keep = (unity - (layer.dv + p.dv_offset)) / unity
-            theta = _ste(self.vth[k], lambda t: torch.clamp(torch.round(t), 0, p.vth_max))
-            theta = theta * float(1 << p.threshold_shift)
-            scale = torch.clamp(theta.detach(), min=1.0)
-            bias = _ste(self.bias[k], lambda b: _wrap32(torch.round(b)))
-            # Which integer wraps and clamps can change a value, from this input's bounds (as
-            # run.emulator._bounds): the others are identities, forward and backward, and skipped.
-            act_peak = _abs_max(ff) * (1.0 if folded else shift) + \
-                (0.0 if rec is None else rec[2] * shift)
-            wrap_act = act_peak >= _INT31
-            checked = u_keep >= 1.0 or act_peak / (1.0 - u_keep) >= big
-            bias_peak = _abs_max(bias.detach())
-            wrap_v = checked or bias_peak + 2 * big >= _INT31
-            clamp_v = wrap_v or v_keep >= 1.0 or \
-                (act_peak / (1.0 - u_keep) + bias_peak) / (1.0 - v_keep) >= big - 1
-            u = torch.zeros(batch, layer.size, dtype=torch.float64, device=x.device)
-            v = torch.zeros_like(u)
-            z_prev = torch.zeros_like(u)
-            spikes, membrane = [], []
-            last = k == len(self.dep.layers) - 1
-            has_bias = bias.requires_grad or bias_peak > 0
-            # per-step slices by unbind: indexing [t] would make the backward pass fill a zero
-            # (T, B, n) gradient for every step
-            if folded:
-                acts = acts_all.unbind(0)
-            elif rec is None:  # the shift into u, for all steps at once
-                acts = (_ste(ff * shift, _wrap32) if wrap_act else ff * shift).unbind(0)
-            else:
-                ffs = ff.unbind(0)
-            for t in range(steps):
-                if rec is None:
-                    act = acts[t]
-                else:  # the LIF's input port sums both Dense outputs (int32)
-                    a = _ste(ffs[t] + self._shifted(torch.matmul(z_prev, rec[0].T), rec[1], False),
-                             _wrap32)
-                    act = _ste(a * shift, _wrap32) if wrap_act else a * shift
-                u = _Decay.apply(u, u_keep) + act
-                if checked:
-                    u = _ste(u, lambda z: _wrap32(z))
-                    u = _ste(u, lambda z: z - (z > big) * (2 * big) + (z <= -big) * (2 * big))
-                v = _Decay.apply(v, v_keep) + u
-                if has_bias:
-                    v = v + bias
-                if clamp_v:  # saturation, with an int32 wrap first where the sum could overflow
-                    if wrap_v:
-                        v = _ste(v, _wrap32)
-                    v = _Saturate.apply(v, big - 1)
-                if last:
-                    membrane.append(v / scale)
-                z, fired = _Threshold.apply(v, theta, scale, self.surrogate, self.width)
-                v = v.masked_fill(fired, 0.0)
-                spikes.append(z)
-                z_prev = z
-            s = torch.stack(spikes)
+        outs, membrane = [], []
+        for k in range(len(self.dep.layers)):
+            s, membrane = self._layer(k, s, membrane=k == len(self.dep.layers) - 1)
             outs.append(s)
         return TwinOutput(layers=tuple(outs), membrane=torch.stack(membrane))
+
+    def _drive(self, k: int, s: torch.Tensor) -> _Drive:
+        """Layer k's input into u for each step of (T, B, n_in) presynaptic spikes or levels."""
+        p, layer = self.dep.profile, self.dep.layers[k]
+        shift = float(1 << p.activation_shift)
+        w = self._grid_weights(k)
+        rec = self._recurrent(k)
+        into_u = float(1 << (layer.weight_exp + p.activation_shift)) if layer.weight_exp >= 0 else 0.0
+        worst = abs_max(s) * float(w.detach().abs().sum(dim=1).max()) if w.numel() else 0.0
+        # A feed-forward layer whose input, shifted into u, cannot leave int32: no wrap can
+        # happen, so the exponent and activation shifts are one multiplication.
+        folded = rec is None and 0 < into_u and worst * into_u < INT31
+        if folded:
+            ff = _exact_matmul(s, w) * into_u
+        else:
+            ff = self._shifted(_exact_matmul(s, w), layer.weight_exp, layer.num_message_bits > 0)
+        peak = abs_max(ff) * (1.0 if folded else shift) + (0.0 if rec is None else rec[2] * shift)
+        wrap = peak >= INT31
+        # per-step slices by unbind: indexing [t] would make the backward pass fill a zero
+        # (T, B, n) gradient for every step
+        if rec is not None:
+            return _Drive(steps=ff.unbind(0), peak=peak, wrap=wrap, rec=rec)
+        if not folded:  # the shift into u, for all steps at once
+            ff = _ste(ff * shift, wrap_int32) if wrap else ff * shift
+        return _Drive(steps=ff.unbind(0), peak=peak, wrap=wrap, rec=None)
+
+    def _layer(self, k: int, s: torch.Tensor, *, membrane: bool
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Layer k's (T, B, n) spikes (and, with ``membrane``, its pre-reset v / threshold per
+        step) for its presynaptic (T, B, n_in) spikes or levels: ``lif_core.lif_update`` over
+        ``TWIN_OPS``, then the surrogate threshold and the reset."""
+        p, layer = self.dep.profile, self.dep.layers[k]
+        big, unity, shift = float(p.state_max), float(p.decay_unity), float(1 << p.activation_shift)
+        drive = self._drive(k, s)
+        u_keep = (unity - (layer.du + p.du_offset)) / unity
+        v_keep = (unity - (layer.dv + p.dv_offset)) / unity
+        theta = _ste(self.vth[k], lambda t: torch.clamp(torch.round(t), 0, p.vth_max))
+        theta = theta * float(1 << p.threshold_shift)
+        scale = torch.clamp(theta.detach(), min=1.0)
+        bias = _ste(self.bias[k], lambda b: wrap_int32(torch.round(b)))
+        # Which integer wraps and clamps can change a value, from this input's bounds: the others
+        # are identities, forward and backward, and skipped. A trainable bias is added even while
+        # it is zero, for its gradient.
+        b = bounds(act_peak=drive.peak, u_keep=u_keep, v_keep=v_keep,
+                   bias_peak=abs_max(bias.detach()), big=big)
+        update = lif_update(TWIN_OPS, dataclasses.replace(
+            b, has_bias=b.has_bias or bias.requires_grad))
+        u = torch.zeros(s.shape[1], layer.size, dtype=torch.float64, device=s.device)
+        v, z = torch.zeros_like(u), torch.zeros_like(u)
+        spikes, seen = [], []
+        for step in drive.steps:
+            act = step
+            if drive.rec is not None:  # the LIF's input port sums both Dense outputs (int32)
+                w_rec, exp_rec, _ = drive.rec
+                a = _ste(step + self._shifted(torch.matmul(z, w_rec.T), exp_rec, False), wrap_int32)
+                act = _ste(a * shift, wrap_int32) if drive.wrap else a * shift
+            u, v = update(u, v, act, bias, u_keep, v_keep, big)
+            if membrane:
+                seen.append(v / scale)
+            z, fired = _Threshold.apply(v, theta, scale, self.surrogate, self.width)
+            v = v.masked_fill(fired, 0.0)
+            spikes.append(z)
+        return torch.stack(spikes), seen
