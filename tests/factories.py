@@ -1,9 +1,20 @@
-"""Tiny factories shared by the tests: random float layer chains of CUBA LIF neurons."""
+"""Helpers shared by the test modules, which import them from here and never from each other:
+random float layer chains of CUBA LIF neurons, the file mutations of the fuzz tests, and the
+runner and verdicts of the ``snn-deploy`` console script."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+from hypothesis import strategies as st
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
+
+# --- networks ------------------------------------------------------------------------------------
 
 
 def random_network(sizes, *, seed: int, mean: float = 0.4, theta: float = 1.0,
@@ -22,3 +33,82 @@ def random_network(sizes, *, seed: int, mean: float = 0.4, theta: float = 1.0,
                                  bias=np.zeros(n_out), spec=spec))
     return FloatNetwork(dt=1e-3, input_size=sizes[0], layers=tuple(layers),
                         coding={"encoding": "rate", "steps": steps})
+
+
+# --- damaged files (tests/test_fuzz.py, tests/test_fuzz_checkpoint.py) ---------------------------
+
+EXAMPLES = 40  # hypothesis examples per fuzz test
+
+
+@st.composite
+def mutations(draw, size: int):
+    """(kind, details) of one damage to a file of ``size`` bytes."""
+    kind = draw(st.sampled_from(["truncate", "flip", "overwrite"]))
+    if kind == "truncate":
+        return kind, draw(st.integers(0, size - 1))
+    if kind == "flip":
+        return kind, draw(st.lists(st.tuples(st.integers(0, size - 1), st.integers(0, 7)),
+                                   min_size=1, max_size=16))
+    start = draw(st.integers(0, size - 1))
+    return kind, (start, draw(st.binary(min_size=1, max_size=64)))
+
+
+def damaged(data: bytes, mutation) -> bytes:
+    """``data`` with one mutation applied: truncated, bits flipped, or a byte run overwritten
+    (an overwrite never makes the file longer)."""
+    kind, detail = mutation
+    if kind == "truncate":
+        return data[:detail]
+    buf = bytearray(data)
+    if kind == "flip":
+        for pos, bit in detail:
+            buf[pos] ^= 1 << bit
+    else:
+        start, junk = detail
+        buf[start:start + len(junk)] = junk
+    return bytes(buf[:len(data)])
+
+
+# --- the console script --------------------------------------------------------------------------
+
+CLI_TIMEOUT_S = 300
+
+
+def _command() -> list[str]:
+    """The installed console script next to this interpreter, else ``python -m snn_deploy.cli``."""
+    script = Path(sys.executable).parent / "snn-deploy"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    found = shutil.which("snn-deploy")
+    return [found] if found else [sys.executable, "-m", "snn_deploy.cli"]
+
+
+CLI = _command()
+
+
+def run_cli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``snn-deploy *args`` in ``cwd`` as a user would (a subprocess), capturing its output."""
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    return subprocess.run([*CLI, *(str(a) for a in args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=CLI_TIMEOUT_S)
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def assert_bad_input(proc: subprocess.CompletedProcess, *names: str) -> str:
+    """rc 2, one non-empty stderr line that mentions every string in ``names``, no traceback."""
+    detail = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, detail
+    assert proc.returncode == 2, detail
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr\n{detail}"
+    line = lines[0].strip()
+    assert line, detail
+    assert "error" in line.lower(), detail
+    for name in names:
+        assert name in line, f"{name!r} not named in the error line\n{detail}"
+    return line

@@ -1,9 +1,10 @@
 """Square, random noise and the spike-train attacks, against the real emulator of a trained model.
 
 Invariants: outputs inside the threat model (eps-ball and [0, 1]; binary spikes, at most eps flips,
-spike counts kept and moves within eps steps); eps = 0 changes nothing; the query budget holds;
-the same seed gives the same result, for a sample alone or in any batch; and the attacks can fail
-the backend, more than random noise at the same eps does.
+spike counts kept and moves within eps steps); the query budget holds; the same seed gives the same
+result, for a sample alone or in any batch; and the attacks can fail the backend, more than random
+noise at the same eps does. (eps = 0 returning the input bit for bit is tested for every registered
+attack in tests/test_attack.py.)
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from snn_deploy.attack.square import P_INIT, SQUARE, Grid, eta, p_schedule
 from snn_deploy.errors import UserError
 from snn_deploy.run.emulator import Emulator
 from snn_deploy.targets import load_target
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 12  # the fixture model's time steps
 N = 40  # test samples attacked
@@ -179,22 +182,14 @@ def test_noise_restarts_query_the_backend_and_keep_the_worst(bench):
     ctx = bench.context(restarts=4, seed=2)
     x_adv = UNIFORM.run(ctx, bench.x, bench.y, bench.idx, 0.3)
     assert 0 < ctx.queries_used <= 4 * N and max(bench.queries.values()) <= 4
-    one = UNIFORM.run(bench.context(restarts=1, seed=2), bench.x, bench.y, bench.idx, 0.3)
+    single = bench.context(restarts=1, seed=2)
+    one = UNIFORM.run(single, bench.x, bench.y, bench.idx, 0.3)
+    assert single.queries_used == 0 and not bench.queries  # one draw needs no verdict to pick
     m = lambda xs: margin(bench.oracle(xs, bench.idx), bench.y)  # noqa: E731
-    assert (m(x_adv) <= m(one)).all()
-    assert bench.context(restarts=1).queries_used == 0
+    assert (m(x_adv) <= m(one)).all() and (m(x_adv) < m(one)).any()
 
 
 # --- spike-train attacks -----------------------------------------------------------------------
-
-@pytest.mark.parametrize("attack", [SQUARE, UNIFORM, GAUSSIAN, SPIKE_FLIP, SPIKE_JITTER],
-                         ids=lambda a: a.name)
-def test_eps_zero_changes_nothing(bench, attack: Attack):
-    ctx = bench.context(restarts=3)
-    x = bench.spikes() if attack.domain == "spikes" else bench.x
-    assert torch.equal(attack.run(ctx, x, bench.y, bench.idx, 0), x)
-    assert ctx.queries_used == 0
-
 
 def test_spike_flip_flips_at_most_eps_bits_and_fails_the_backend(bench):
     s = bench.spikes()

@@ -195,7 +195,7 @@ def test_threaded_chunks_equal_one_thread_and_leave_the_callers_threads_alone(sm
 def test_emulator_equals_lava_on_a_network_made_by_lava_dl():
     """lava-dl's own trained mnist.net (its dense part), imported through netx."""
     import lava.lib.dl.netx as netx_pkg
-    from snn_deploy.quantize.netx import read_netx
+    from snn_deploy.quantize.netx_read import read_netx
 
     site = Path(netx_pkg.__file__).parents[4]  # site-packages
     found = sorted(site.glob("tests/lava/lib/dl/netx/mnist.net"))

@@ -19,34 +19,7 @@ from snn_deploy.profiles import available_profiles, load_profile, parse_profile
 from snn_deploy.run.emulator import run_emulator
 from snn_deploy.targets import load_target
 
-EXAMPLES = 40
-
-
-@st.composite
-def mutations(draw, size: int):
-    """(kind, details) of one damage to a file of ``size`` bytes."""
-    kind = draw(st.sampled_from(["truncate", "flip", "overwrite"]))
-    if kind == "truncate":
-        return kind, draw(st.integers(0, size - 1))
-    if kind == "flip":
-        return kind, draw(st.lists(st.tuples(st.integers(0, size - 1), st.integers(0, 7)),
-                                   min_size=1, max_size=16))
-    start = draw(st.integers(0, size - 1))
-    return kind, (start, draw(st.binary(min_size=1, max_size=64)))
-
-
-def damaged(data: bytes, mutation) -> bytes:
-    kind, detail = mutation
-    if kind == "truncate":
-        return data[:detail]
-    buf = bytearray(data)
-    if kind == "flip":
-        for pos, bit in detail:
-            buf[pos] ^= 1 << bit
-    else:
-        start, junk = detail
-        buf[start:start + len(junk)] = junk
-    return bytes(buf[:len(data)])
+from tests.factories import EXAMPLES, damaged, mutations
 
 
 def _loads_or_refuses(path: Path, spikes: torch.Tensor) -> None:
@@ -66,7 +39,7 @@ def _loads_or_refuses(path: Path, spikes: torch.Tensor) -> None:
 @pytest.fixture(scope="module")
 def originals(small_model_files, tmp_path_factory):
     from snn_deploy import api
-    from snn_deploy.quantize.netx import write_netx
+    from snn_deploy.quantize.netx_write import write_netx
 
     folder = tmp_path_factory.mktemp("fuzz")
     netx = folder / "m.net"
@@ -94,7 +67,7 @@ def test_damaged_model_files_are_refused_or_run(originals, kind, data, tmp_path)
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_damaged_netx_files_are_refused_or_load(originals, data, tmp_path):
-    from snn_deploy.quantize.netx import read_netx
+    from snn_deploy.quantize.netx_read import read_netx
 
     blob = originals["netx"]
     path = tmp_path / "m.net"
@@ -261,7 +234,7 @@ def test_a_layer_claiming_a_billion_neurons_is_refused_unread(tmp_path):
 @pytest.mark.parametrize("kind", ["deployment", "netx"])
 def test_deployment_and_netx_files_claiming_huge_arrays_are_refused_unread(originals, tmp_path, kind):
     import h5py
-    from snn_deploy.quantize.netx import read_netx
+    from snn_deploy.quantize.netx_read import read_netx
 
     path = tmp_path / ("m.deploy.h5" if kind == "deployment" else "m.net")
     path.write_bytes(originals[kind])

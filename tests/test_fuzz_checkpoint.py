@@ -34,7 +34,7 @@ from snn_deploy.targets import load_target
 from snn_deploy.train.ann import AnnConfig, AnnNetwork, mlp_layers, save_ann_checkpoint
 from snn_deploy.train.model import LIFNetwork, ModelConfig, load_checkpoint, save_checkpoint
 
-from tests.test_fuzz import EXAMPLES, damaged, mutations
+from tests.factories import EXAMPLES, damaged, mutations
 
 STEPS = 4
 

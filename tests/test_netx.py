@@ -30,7 +30,9 @@ from snn_deploy.errors import InputFileError, ProfileError, QuantizationError, U
 from snn_deploy.profiles import load_profile, parse_profile
 from snn_deploy.quantize.deployment import save_deployment
 from snn_deploy.quantize.fixed_point import quantize_network
-from snn_deploy.quantize.netx import netx_synapse, read_netx, write_netx
+from snn_deploy.quantize.netx import netx_synapse
+from snn_deploy.quantize.netx_read import read_netx
+from snn_deploy.quantize.netx_write import write_netx
 
 from tests.factories import random_network
 

@@ -13,8 +13,9 @@ from snn_deploy.evaluate.resources import format_resources, resources
 from snn_deploy.profiles import LIMIT_KEYS, available_profiles, load_profile, parse_profile
 from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer, RecurrentSynapse
 from snn_deploy.quantize.fixed_point import quantize_network
+from snn_deploy.targets import load_target
 
-from tests.factories import random_network
+from tests.factories import assert_bad_input, assert_ok, random_network, run_cli
 
 NO_STATS = LayerStats(weights_total=0, weights_saturated=0, threshold_saturated=False,
                       bias_saturated=0, u_peak_share=0.0)
@@ -220,14 +221,14 @@ def test_loihi_per_core_figures():
 
 @pytest.mark.parametrize("profile", ["loihi1", "loihi2", "loihi2-netx"])
 def test_cli_resources_answers_for_every_profile(small_model_files, tmp_path, profile):
-    import json
-
-    from tests.test_cli import assert_bad_input, assert_ok, run_cli
-
     proc = run_cli("resources", small_model_files["deployment"], "--profile", profile,
                    "--json", tmp_path / "r.json", cwd=tmp_path)
     assert_ok(proc)
     assert "fits on one chip" in proc.stdout
-    assert json.loads((tmp_path / "r.json").read_text())
+    # the JSON is the named profile's count of this Deployment, not the Deployment's own profile's
+    expected = resources(load_target(small_model_files["deployment"]).require_deployment(),
+                         load_profile(profile))
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(expected.as_dict()))
+    assert expected.profile == profile and expected.fits is True
     assert_bad_input(run_cli("resources", small_model_files["deployment"], "--profile", "loihi9",
                              cwd=tmp_path), "loihi9")

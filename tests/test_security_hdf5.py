@@ -99,7 +99,7 @@ def deployment_file(tmp_path) -> Path:
 @pytest.fixture()
 def netx_file(tmp_path) -> Path:
     from snn_deploy import api
-    from snn_deploy.quantize.netx import write_netx
+    from snn_deploy.quantize.netx_write import write_netx
 
     path = tmp_path / "m.net"
     write_netx(api.deploy(_nir_file(tmp_path / "src.nir"), profile="loihi2-netx").deployment, path)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from snn_deploy.attack.base import Attack, AttackContext, margin, normalized, project
+from snn_deploy.attack.base import Attack, AttackContext, misclassified, normalized, project
 from snn_deploy.attack.losses import LOSSES
 from snn_deploy.attack.pgd import random_start
 
@@ -52,8 +52,7 @@ def apgd(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
         successes = torch.zeros(len(x))
         last_mark, step_at_mark, f_max_at_mark = 0, step.clone(), f_max.clone()
         for k in range(s.iterations):
-            m = margin(logits, y)
-            new = (m <= 0) & ~fooled
+            new = misclassified(logits, y) & ~fooled
             found[new], fooled = x_k[new], fooled | new
             z = project(x_k + _col(step, x) * normalized(grad, s.norm), x, eps, s.norm)
             if k == 0:
@@ -82,8 +81,7 @@ def apgd(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
                 logits = torch.where(halve[:, None], z_max, logits)
                 successes.zero_()
                 last_mark, step_at_mark, f_max_at_mark = k + 1, step.clone(), f_max.clone()
-        m = margin(logits, y)
-        new = (m <= 0) & ~fooled
+        new = misclassified(logits, y) & ~fooled
         found[new], fooled = x_k[new], fooled | new
         found[~fooled] = x_max[~fooled]
     return found

@@ -156,8 +156,17 @@ class AttackContext:
         return self.spike_oracle(s, idx)
 
 
+def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the decoder no longer predicts y. Its argmax breaks ties towards the lowest class
+    index (``train.decoding.decoder_predict``), so a tie with a class above y still counts as
+    correct: ``margin <= 0`` alone would stop an attack at a point that is no adversarial example
+    (spike counts tie often)."""
+    return logits.argmax(dim=1) != y
+
+
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Correct-class logit minus the best other one; <= 0 means misclassified (ties lose)."""
+    """Correct-class logit minus the best other one: what attacks lower. Whether a point is
+    misclassified is ``misclassified`` (0 is either, by the tie rule)."""
     logits = logits.to(torch.float32) if not logits.is_floating_point() else logits
     correct = logits.gather(1, y[:, None])[:, 0]
     other = logits.clone()

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from snn_deploy.attack.base import Attack, AttackContext, margin, project
+from snn_deploy.attack.base import Attack, AttackContext, margin, misclassified, project
 from snn_deploy.attack.draws import SampleStreams
 
 Draw = Callable[[SampleStreams, int, str, torch.Tensor], torch.Tensor]
@@ -60,15 +60,17 @@ def _noise(name: str, draw: Draw) -> Callable[..., torch.Tensor]:
         best = project(x + eps * draw(streams, x.shape[1], norm, every), x, eps, norm)
         if restarts == 1:
             return best
-        m = margin(ctx.query(best, idx).to(torch.float32), y)
+        logits = ctx.query(best, idx).to(torch.float32)
+        m, wrong = margin(logits, y), misclassified(logits, y)
         for _ in range(restarts - 1):
-            a = (m > 0).nonzero()[:, 0]
+            a = (~wrong).nonzero()[:, 0]
             if not len(a):
                 break
             cand = project(x[a] + eps * draw(streams, x.shape[1], norm, a), x[a], eps, norm)
-            mc = margin(ctx.query(cand, idx[a]).to(torch.float32), y[a])
+            logits = ctx.query(cand, idx[a]).to(torch.float32)
+            mc, wc = margin(logits, y[a]), misclassified(logits, y[a])
             ok = mc < m[a]
-            best[a[ok]], m[a[ok]] = cand[ok], mc[ok]
+            best[a[ok]], m[a[ok]], wrong[a[ok]] = cand[ok], mc[ok], wc[ok]
         return best
 
     return run

@@ -19,7 +19,7 @@ the current train and proposes the k moves with the largest positive gains (spik
 at the whole budget; spike-jitter: at one move per channel, the channel's best). The proposal is
 kept when the source margin does not rise (ties are kept: integer spike counts have plateaus),
 otherwise that sample's k halves: applying every positive-gain move at once overshoots and, left
-alone, cycles between two trains. A sample stops once the source misclassifies it (margin <= 0),
+alone, cycles between two trains. A sample stops once the source misclassifies it (``base.misclassified``),
 when k reaches 0, or when no move has a positive gain. Arguments: ``ctx.settings.iterations``
 rounds at most. Outputs stay binary; the backend verifies them afterwards.
 """
@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from snn_deploy.attack.base import Attack, AttackContext, margin
+from snn_deploy.attack.base import Attack, AttackContext, margin, misclassified
 from snn_deploy.coding import BINARY_ENCODINGS
 from snn_deploy.errors import UserError
 
@@ -61,9 +61,12 @@ def _gradient(ctx: AttackContext, s: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return g.to(torch.float32)
 
 
-def _forward_margin(ctx: AttackContext, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _forward_margin(ctx: AttackContext, s: torch.Tensor, y: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source's margin and whether it misclassifies (``base.misclassified``)."""
     with torch.no_grad():
-        return margin(ctx.source.spike_logits(s).to(torch.float32), y)
+        logits = ctx.source.spike_logits(s).to(torch.float32)
+        return margin(logits, y), misclassified(logits, y)
 
 
 # propose(state at the rows, g, k) -> (proposed state, moves made per row): at most k[b] moves
@@ -78,23 +81,23 @@ def _search(ctx: AttackContext, y: torch.Tensor, state: list[torch.Tensor], k: t
     ``state[0]`` is the spike train (T, B, n); the other tensors (batch dimension 1) are the
     attack's bookkeeping. A proposal replaces a sample's state when the source margin does not rise
     (ties accepted: integer counts have plateaus); otherwise k halves, and a sample with k = 0,
-    nothing to propose or margin <= 0 stops. The accepted state never scores worse, so the last one
+    nothing to propose or misclassified stops. The accepted state never scores worse, so the last one
     is the best seen.
     """
     state = [t.detach().clone() for t in state]
     k = k.clone()
-    m = _forward_margin(ctx, state[0], y)
+    m, wrong = _forward_margin(ctx, state[0], y)
     for _ in range(rounds):
-        a = ((m > 0) & (k > 0)).nonzero()[:, 0]
+        a = ((~wrong) & (k > 0)).nonzero()[:, 0]
         if not len(a):
             break
         g = _gradient(ctx, state[0][:, a], y[a])
         proposal, moves = propose([t[:, a] for t in state], g, k[a])
-        m_new = _forward_margin(ctx, proposal[0], y[a])
+        m_new, w_new = _forward_margin(ctx, proposal[0], y[a])
         ok = (moves > 0) & (m_new <= m[a])
         for t, p in zip(state, proposal):
             t[:, a[ok]] = p[:, ok]
-        m[a[ok]] = m_new[ok]
+        m[a[ok]], wrong[a[ok]] = m_new[ok], w_new[ok]
         k[a[~ok]] = torch.where(moves[~ok] > 0, k[a[~ok]] // 2, 0)
     return state[0]
 

@@ -17,7 +17,7 @@ The input is an h x h image when n is a perfect square (digits: 8 x 8), else a 1
    total norm kept at eps), where p_i follows the paper's piecewise-constant schedule;
 4. a proposal replaces the current point when its margin z_y - max_{k != y} z_k is <= the current
    one. The reference code requires <, but spike-count logits are integers and tie often:
-   accepting ties lets the search drift across plateaus. A sample stops once its margin is <= 0.
+   accepting ties lets the search drift across plateaus. A sample stops once it is misclassified (``base.misclassified``: ties to the lowest class).
 
 Every sample draws from its own random stream (``draws.SampleStreams``), so its result does not
 depend on the other samples in the batch.
@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from snn_deploy.attack.base import Attack, AttackContext, margin, project
+from snn_deploy.attack.base import Attack, AttackContext, margin, misclassified, project
 from snn_deploy.attack.draws import SampleStreams
 from snn_deploy.errors import UserError
 
@@ -169,9 +169,11 @@ def _l2_proposal(x: torch.Tensor, best: torch.Tensor, u: torch.Tensor, p: float,
     return x + eps * delta / delta.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-def _margin(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
-            ) -> torch.Tensor:
-    return margin(ctx.query(x, idx).to(torch.float32), y)
+def _score(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One counted query: the margin and whether the point is misclassified."""
+    logits = ctx.query(x, idx).to(torch.float32)
+    return margin(logits, y), misclassified(logits, y)
 
 
 def square(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
@@ -185,9 +187,9 @@ def square(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tens
     if norm == "l2" and grid.h == 1:
         raise UserError(f"square l2 needs a square image input (n = h * h), got n = {x.shape[1]}")
     best = x.clone()
-    m = _margin(ctx, x, y, idx)
+    m, wrong = _score(ctx, x, y, idx)
     n_iters = settings.queries - 1  # the start and the proposals, as the paper counts them
-    if n_iters < 1 or not (m > 0).any():
+    if n_iters < 1 or bool(wrong.all()):
         return best
     streams = SampleStreams(idx, seed=settings.seed, stream=f"square-{norm}")
     if norm == "linf":
@@ -197,21 +199,21 @@ def square(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tens
     else:
         start = _bumps(x, streams.uniforms(2 * _n_bumps(grid)), grid, eps)
         per_step, proposal = 6, _l2_proposal
-    a = (m > 0).nonzero()[:, 0]
+    a = (~wrong).nonzero()[:, 0]
     best[a] = project(start[a], x[a], eps, norm)
-    m[a] = _margin(ctx, best[a], y[a], idx[a])
+    m[a], wrong[a] = _score(ctx, best[a], y[a], idx[a])
     u = torch.zeros(len(x), BLOCK, per_step)
     for i in range(n_iters - 1):
-        a = (m > 0).nonzero()[:, 0]
+        a = (~wrong).nonzero()[:, 0]
         if not len(a):
             break
         if i % BLOCK == 0:
             u[a] = streams.uniforms(BLOCK, per_step, rows=a)
         cand = proposal(x[a], best[a], u[a, i % BLOCK], p_schedule(i, n_iters), grid, eps)
         cand = project(cand, x[a], eps, norm)
-        mc = _margin(ctx, cand, y[a], idx[a])
+        mc, wc = _score(ctx, cand, y[a], idx[a])
         ok = mc <= m[a]
-        best[a[ok]], m[a[ok]] = cand[ok], mc[ok]
+        best[a[ok]], m[a[ok]], wrong[a[ok]] = cand[ok], mc[ok], wc[ok]
     return best
 
 

@@ -251,6 +251,56 @@ def _calibration_values(net: torch.nn.Sequential, x: torch.Tensor, input_shape: 
     return {name: a.clamp(min=0).cpu().numpy().reshape(-1) for name, a in acts}
 
 
+def _check_settings(*, norm: str, percentile: float, threshold_scale: float, encoding: str,
+                    steps: int) -> None:
+    """Refuse an unknown norm or encoding and out-of-range numbers, naming the value."""
+    if norm not in NORMS:
+        raise UserError(f"unknown norm {norm!r}: choose from {', '.join(NORMS)}")
+    if norm == "percentile" and not 0 < percentile <= 100:
+        raise UserError(f"the percentile must be in (0, 100], got {percentile}")
+    if not (threshold_scale > 0 and math.isfinite(threshold_scale)):
+        raise UserError(f"the threshold scale must be a positive number, got {threshold_scale}")
+    if encoding not in ENCODERS:
+        raise UserError(f"unknown encoding {encoding!r}: choose from {', '.join(ENCODERS)}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
+
+
+def _if_node(shape: tuple[int, ...], *, threshold: float, activation_scale: float) -> nir.IF:
+    """A layer of IF neurons (r = 1, reset to 0) with one threshold theta_l, as float32."""
+    return nir.IF(r=np.ones(shape, dtype=np.float32),
+                  v_threshold=np.full(shape, threshold, dtype=np.float32),
+                  v_reset=np.zeros(shape, dtype=np.float32),
+                  metadata={"activation_scale": activation_scale})
+
+
+def _balanced_layer(seg: _Segment, acts: np.ndarray, shape: tuple[int, ...], *,
+                    activation_scale: float, threshold: float) -> BalancedLayer:
+    """The statistics of one layer's calibration activations ``acts`` under its threshold."""
+    positive = acts[acts > 0]
+    return BalancedLayer(
+        name=seg.name, synapses=tuple(str(i) for i in seg.ops), neurons=math.prod(shape),
+        activation_scale=activation_scale, threshold=threshold,
+        active_share=float(positive.size / max(acts.size, 1)),
+        saturated_share=float(np.mean(positive > threshold)) if positive.size else 0.0,
+    )
+
+
+def _metadata(*, norm: str, percentile: float, threshold_scale: float, calibration_samples: int,
+              encoding: str, steps: int, dataset: str, dt: float) -> dict:
+    """The graph's metadata: time step, coding, data set and how the thresholds were balanced."""
+    conversion = {"norm": norm, "threshold_scale": float(threshold_scale),
+                  "calibration_samples": int(calibration_samples)}
+    if norm == "percentile":
+        conversion["percentile"] = float(percentile)
+    return {
+        "dt": float(dt),
+        "snn_deploy": {"encoding": encoding, "steps": int(steps), "dataset": dataset,
+                       "decoder": "spike_count", "writer": WRITER},
+        "snn_deploy_conversion": conversion,
+    }
+
+
 def ann_to_nir(net: torch.nn.Sequential, *, input_shape: tuple[int, ...],
                calibration: torch.Tensor, steps: int, norm: str = "max",
                percentile: float = DEFAULT_PERCENTILE, threshold_scale: float = 1.0,
@@ -269,16 +319,8 @@ def ann_to_nir(net: torch.nn.Sequential, *, input_shape: tuple[int, ...],
             feeds the values themselves every step, as the ANN sees them.
         dataset: recorded in the metadata; dt: the time step recorded, in seconds.
     """
-    if norm not in NORMS:
-        raise UserError(f"unknown norm {norm!r}: choose from {', '.join(NORMS)}")
-    if norm == "percentile" and not 0 < percentile <= 100:
-        raise UserError(f"the percentile must be in (0, 100], got {percentile}")
-    if not (threshold_scale > 0 and math.isfinite(threshold_scale)):
-        raise UserError(f"the threshold scale must be a positive number, got {threshold_scale}")
-    if encoding not in ENCODERS:
-        raise UserError(f"unknown encoding {encoding!r}: choose from {', '.join(ENCODERS)}")
-    if not 1 <= steps <= MAX_STEPS:
-        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
+    _check_settings(norm=norm, percentile=percentile, threshold_scale=threshold_scale,
+                    encoding=encoding, steps=steps)
     segments = check_convertible(net)
     values = _calibration_values(net, calibration, tuple(input_shape))
     shapes = _input_shapes(net, tuple(input_shape))
@@ -292,37 +334,21 @@ def ann_to_nir(net: torch.nn.Sequential, *, input_shape: tuple[int, ...],
             raise UserError(f"layer {seg.name}: no positive activation on the {len(calibration)}"
                             " calibration samples, so its neurons would never spike")
         theta = threshold_scale * scale
-        positive = acts[acts > 0]
         factors = _factors(net, seg, theta_in)
         for i in seg.ops:
             nodes[str(i)] = _node(net[i], shapes[i], factors.get(i, (1.0, 1.0)))
             edges.append((previous, str(i)))
             previous = str(i)
         out_shape = shapes[int(seg.ops[-1]) + 1]
-        nodes[seg.name] = nir.IF(r=np.ones(out_shape, dtype=np.float32),
-                                 v_threshold=np.full(out_shape, theta, dtype=np.float32),
-                                 v_reset=np.zeros(out_shape, dtype=np.float32),
-                                 metadata={"activation_scale": scale})
+        nodes[seg.name] = _if_node(out_shape, threshold=theta, activation_scale=scale)
         edges.append((previous, seg.name))
         previous, theta_in = seg.name, theta
-        layers.append(BalancedLayer(
-            name=seg.name, synapses=tuple(str(i) for i in seg.ops), neurons=math.prod(out_shape),
-            activation_scale=scale, threshold=theta,
-            active_share=float(positive.size / max(acts.size, 1)),
-            saturated_share=float(np.mean(positive > theta)) if positive.size else 0.0,
-        ))
+        layers.append(_balanced_layer(seg, acts, out_shape, activation_scale=scale, threshold=theta))
     nodes["output"] = nir.Output(output_type=np.array(shapes[-1]))
     edges.append((previous, "output"))
-    conversion = {"norm": norm, "threshold_scale": float(threshold_scale),
-                  "calibration_samples": int(len(calibration))}
-    if norm == "percentile":
-        conversion["percentile"] = float(percentile)
-    metadata = {
-        "dt": float(dt),
-        "snn_deploy": {"encoding": encoding, "steps": int(steps), "dataset": dataset,
-                       "decoder": "spike_count", "writer": WRITER},
-        "snn_deploy_conversion": conversion,
-    }
+    metadata = _metadata(norm=norm, percentile=percentile, threshold_scale=threshold_scale,
+                         calibration_samples=len(calibration), encoding=encoding, steps=steps,
+                         dataset=dataset, dt=dt)
     return Conversion(graph=nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata),
                       layers=tuple(layers), norm=norm,
                       percentile=float(percentile) if norm == "percentile" else None,

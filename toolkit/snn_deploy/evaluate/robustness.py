@@ -236,15 +236,7 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
           sources: list[SourceSpec], ensemble: bool = False,
           on_progress: Progress | None = None) -> Robustness:
     """Run every (source, attack, eps) and verify on the backend; see the module docstring."""
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:
-        raise UserError(f"unknown attack {unknown[0]!r}: choose from {', '.join(attack_names())}")
-    if any(e < 0 for e in eps):
-        raise UserError(f"--eps must be >= 0, got {min(eps)}")
-    spiky = [a for a in attacks if ATTACKS[a].domain == "spikes"]
-    if spiky and not ev.encoder.binary:
-        raise UserError(f"{spiky[0]} changes spike trains: it needs a spike encoding, and"
-                        f" this Deployment uses {ev.encoding!r}")
+    _check_sweep(ev, attacks, eps)
     started = time.perf_counter()
     say = on_progress or (lambda _msg: None)
     y = ev.y.numpy()
@@ -276,35 +268,16 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
                 ver = ev.verify(adv, attack.domain)
                 ok = ver.predictions == y
                 alive &= ok
-                attacked = targets
-                rows.append(AttackRow(
-                    attack=name, source=key[1], norm=settings.norm if attack.domain == "input"
-                    else "spikes", eps=e, robust_accuracy=float(alive.mean()),
-                    attack_accuracy=float(ok[attacked].mean()) if len(attacked) else float("nan"),
-                    source_accuracy=float((src == y[attacked]).mean()) if len(attacked) else float("nan"),
-                    agreement=float((src == ver.predictions[attacked]).mean()) if len(attacked) else None,
-                    attacked=len(attacked), spikes_per_sample=ver.activity.spikes_per_sample,
-                    synops_per_sample=ver.activity.synops_per_sample,
-                    energy_per_sample_nj=None if ver.energy is None else ver.energy.per_sample_nj,
-                    seconds=seconds, layers=layer_activity(ver), queries=queries,
-                    eps_unit=attack.eps_unit, correct=ok,
-                    inputs=adv, domain=attack.domain))
+                rows.append(_attack_row(name, key[1], settings=settings, eps=e, alive=alive, ok=ok,
+                                        attacked=targets, src=src, y=y, ver=ver, adv=adv,
+                                        seconds=seconds, queries=queries))
                 flipped = np.flatnonzero(clean_ok & ~ok)
                 if len(flipped) and "adversarial" not in examples and attack.domain == "input":
-                    i = int(flipped[0])
-                    one = ev.idx[i:i + 1]
-                    examples = {"sample": i, "attack": name, "eps": e, "label": int(y[i]),
-                                "clean": _one(clean.recording, i), "adversarial": _one(ver.recording, i),
-                                "clean_input": ev.encoder.spikes(ev.x[one], one)[:, 0].numpy(),
-                                "adversarial_input": ev.encoder.spikes(adv[one], one)[:, 0].numpy()}
+                    examples = _example(ev, int(flipped[0]), attack=name, eps=e, y=y, clean=clean,
+                                        ver=ver, adv=adv)
         if ensemble:
-            rows.append(AttackRow(
-                attack="ensemble", source="+".join(contexts), norm=settings.norm, eps=e,
-                robust_accuracy=float(ens_alive.mean()),
-                attack_accuracy=float(ens_alive[ens_before].mean()) if ens_before.any() else float("nan"),
-                source_accuracy=float("nan"), agreement=None, attacked=int(ens_before.sum()),
-                spikes_per_sample=float("nan"), synops_per_sample=float("nan"),
-                energy_per_sample_nj=None, seconds=0.0))
+            rows.append(_ensemble_row("+".join(contexts), settings=settings, eps=e,
+                                      alive=ens_alive, before=ens_before))
     return Robustness(
         backend=ev.backend, n=len(y), steps=ev.steps, encoding=ev.encoding,
         clean_accuracy=float(clean_ok.mean()), clean=clean,
@@ -313,6 +286,62 @@ def sweep(ev: Evaluator, *, attacks: list[str], eps: list[float], settings: Atta
         ensemble=ensemble,
         query_backend="emulator (bit-exact to lava-sim)" if ev.backend == "lava-sim" else ev.backend,
         examples=examples, wall_time_s=time.perf_counter() - started, decoder=ev.decoder.name)
+
+
+def _check_sweep(ev: Evaluator, attacks: list[str], eps: list[float]) -> None:
+    """Refuse unknown attacks, negative eps and spike attacks on a non-spike encoding."""
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise UserError(f"unknown attack {unknown[0]!r}: choose from {', '.join(attack_names())}")
+    if any(e < 0 for e in eps):
+        raise UserError(f"--eps must be >= 0, got {min(eps)}")
+    spiky = [a for a in attacks if ATTACKS[a].domain == "spikes"]
+    if spiky and not ev.encoder.binary:
+        raise UserError(f"{spiky[0]} changes spike trains: it needs a spike encoding, and"
+                        f" this Deployment uses {ev.encoding!r}")
+
+
+def _attack_row(name: str, source: str, *, settings: AttackSettings, eps: float,
+                alive: np.ndarray, ok: np.ndarray, attacked: np.ndarray, src: np.ndarray,
+                y: np.ndarray, ver: Verified, adv: torch.Tensor, seconds: float,
+                queries: int) -> AttackRow:
+    """One attack at one eps: ``alive`` the running worst case (this attack's ``ok`` included),
+    ``attacked`` the points it attacked and ``src`` the source's predictions on them."""
+    attack = ATTACKS[name]
+    return AttackRow(
+        attack=name, source=source, norm=settings.norm if attack.domain == "input"
+        else "spikes", eps=eps, robust_accuracy=float(alive.mean()),
+        attack_accuracy=float(ok[attacked].mean()) if len(attacked) else float("nan"),
+        source_accuracy=float((src == y[attacked]).mean()) if len(attacked) else float("nan"),
+        agreement=float((src == ver.predictions[attacked]).mean()) if len(attacked) else None,
+        attacked=len(attacked), spikes_per_sample=ver.activity.spikes_per_sample,
+        synops_per_sample=ver.activity.synops_per_sample,
+        energy_per_sample_nj=None if ver.energy is None else ver.energy.per_sample_nj,
+        seconds=seconds, layers=layer_activity(ver), queries=queries,
+        eps_unit=attack.eps_unit, correct=ok,
+        inputs=adv, domain=attack.domain)
+
+
+def _ensemble_row(source: str, *, settings: AttackSettings, eps: float, alive: np.ndarray,
+                  before: np.ndarray) -> AttackRow:
+    """The ensemble's worst case at one eps; ``before``: the points still correct before it."""
+    return AttackRow(
+        attack="ensemble", source=source, norm=settings.norm, eps=eps,
+        robust_accuracy=float(alive.mean()),
+        attack_accuracy=float(alive[before].mean()) if before.any() else float("nan"),
+        source_accuracy=float("nan"), agreement=None, attacked=int(before.sum()),
+        spikes_per_sample=float("nan"), synops_per_sample=float("nan"),
+        energy_per_sample_nj=None, seconds=0.0)
+
+
+def _example(ev: Evaluator, i: int, *, attack: str, eps: float, y: np.ndarray, clean: Verified,
+             ver: Verified, adv: torch.Tensor) -> dict:
+    """Sample i's clean and adversarial recordings and inputs, for the plots."""
+    one = ev.idx[i:i + 1]
+    return {"sample": i, "attack": attack, "eps": eps, "label": int(y[i]),
+            "clean": _one(clean.recording, i), "adversarial": _one(ver.recording, i),
+            "clean_input": ev.encoder.spikes(ev.x[one], one)[:, 0].numpy(),
+            "adversarial_input": ev.encoder.spikes(adv[one], one)[:, 0].numpy()}
 
 
 def layer_activity(ver: Verified) -> list[dict]:

@@ -200,15 +200,40 @@ def _check_values(layer: FloatLayer, u_peak: float) -> None:
                                 f" {', '.join(bad)}")
 
 
-def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
-                   input_scale: int, num_message_bits: int) -> QuantLayer:
-    """Quantize one synapse->neuron layer; ``u_peak`` is the peak |u| in float voltage units.
+@dataclasses.dataclass(frozen=True)
+class _Dynamics:
+    """A layer's neuron constants, uniform over its neurons, in float voltage units."""
+
+    syn_keep: float
+    mem_gain: float
+    theta: float  # v_threshold - v_reset: the layer runs shifted by -v_reset
+    v_reset: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Drive:
+    """A layer's float input terms, in float voltage units per step."""
+
+    gain: np.ndarray  # (n,) voltage per unit of synaptic input
+    w_eff: np.ndarray  # (n, m) effective weights
+    bias_in: np.ndarray  # (n,) the Affine bias (recurrent bias included) entering the current
+    bias_v: np.ndarray  # (n,) the per-step voltage bias Loihi 2 adds
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scale:
+    """The shared scale ``s`` (integer units per float voltage unit) and the weight exponent."""
+
+    weight_exp: int
+    scale: float
+
+
+def _dynamics(layer: FloatLayer) -> _Dynamics:
+    """The layer's uniform constants; warns when v_reset is not 0 (Loihi 2 resets to 0).
 
     Raises:
-        QuantizationError: non-finite values, parameters that differ between neurons, a
-            threshold at or below the reset, or values no scale can represent.
+        QuantizationError: a constant that differs between neurons, or v_threshold <= v_reset.
     """
-    _check_values(layer, u_peak)
     spec = layer.spec
     syn_keep = _uniform(spec.syn_keep, "the synaptic time constant", layer)
     mem_gain = _uniform(spec.mem_gain, "the membrane time constant", layer)
@@ -221,44 +246,58 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
             f"layer {layer.neuron!r}: v_reset = {v_reset:.6g}, but a Loihi 2 LIF resets to 0; the"
             f" layer runs shifted by -v_reset (threshold {theta:.6g} -> {theta - v_reset:.6g}),"
             f" exact after the first spike, but v starts {-v_reset:.6g} away from NIR's v = 0",
-            stacklevel=2,
+            stacklevel=3,
         )
         theta = theta - v_reset
     if theta <= 0:
         raise QuantizationError(f"layer {layer.neuron!r}: v_threshold - v_reset = {theta:.6g}"
                                 " must be > 0 (v would spike at rest)")
-    unity = profile.decay_unity
-    du = int(np.clip(round(unity * (1.0 - syn_keep)) - profile.du_offset, 0, unity - 1))
-    dv_max = unity - profile.dv_offset  # dv + dv_offset <= unity: v keeps >= 0 of itself
-    dv = int(np.clip(round(unity * mem_gain) - profile.dv_offset, 0, dv_max)) if spec.leak else 0
+    return _Dynamics(syn_keep=syn_keep, mem_gain=mem_gain, theta=theta, v_reset=v_reset)
+
+
+def _drive(layer: FloatLayer, dyn: _Dynamics, *, input_scale: int) -> _Drive:
+    """Effective weights and per-step voltage bias; refuses values that overflow float64."""
+    spec = layer.spec
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
-        gain = mem_gain * spec.r * spec.w_in  # (n,) voltage per unit of synaptic input
+        gain = dyn.mem_gain * spec.r * spec.w_in  # (n,) voltage per unit of synaptic input
         w_eff = gain[:, None] * layer.weight / input_scale
         # Per-step voltage bias: v_leak through the leak term, the Affine bias through the
         # current (exact when the current does not persist, its steady state b / (1 - syn_keep)
         # otherwise).
         bias_in = layer.bias if layer.recurrent_bias is None else layer.bias + layer.recurrent_bias
-        bias_v = gain * bias_in / max(1.0 - syn_keep, 1e-12)
+        bias_v = gain * bias_in / max(1.0 - dyn.syn_keep, 1e-12)
         if spec.leak:
-            bias_v = bias_v + mem_gain * (spec.v_leak - v_reset)
+            bias_v = bias_v + dyn.mem_gain * (spec.v_leak - dyn.v_reset)
     if not all(np.all(np.isfinite(x)) for x in (gain, w_eff, bias_v)):
         raise QuantizationError(f"layer {layer.neuron!r}: its effective weights or bias overflow"
                                 " float64 (values near 1e308): no scale represents them")
-    if syn_keep > 0 and np.any(bias_in != 0):
-        v_keep = 1.0 - mem_gain if spec.leak else 1.0
-        peak, step = bias_transient(gain * bias_in, syn_keep=syn_keep, v_keep=v_keep)
-        when = "and keeps it (no leak)" if v_keep >= 1.0 else \
-            f"largest at step {step} of every sample, without spikes"
-        warnings.warn(
-            f"layer {layer.neuron!r}: the Affine bias enters the synaptic current in NIR but the"
-            f" voltage on Loihi 2; using its steady state from the first step, which NIR's current"
-            f" reaches after ~{1 / (1 - syn_keep):.1f} steps, moves v by up to {peak / theta:.3g}"
-            f" threshold(s) from NIR's ({when})", stacklevel=2,
-        )
-    sign_mode = sign_mode_of(w_eff)
-    grid = weight_grid(profile, sign_mode)
-    k = _full_range(w_eff, grid)
-    act = profile.activation_shift
+    return _Drive(gain=gain, w_eff=w_eff, bias_in=bias_in, bias_v=bias_v)
+
+
+def _warn_bias_transient(layer: FloatLayer, dyn: _Dynamics, drive: _Drive) -> None:
+    """Warn how far moving a persistent current's bias onto v shifts v from NIR's, if at all."""
+    if not (dyn.syn_keep > 0 and np.any(drive.bias_in != 0)):
+        return
+    v_keep = 1.0 - dyn.mem_gain if layer.spec.leak else 1.0
+    peak, step = bias_transient(drive.gain * drive.bias_in, syn_keep=dyn.syn_keep, v_keep=v_keep)
+    when = "and keeps it (no leak)" if v_keep >= 1.0 else \
+        f"largest at step {step} of every sample, without spikes"
+    warnings.warn(
+        f"layer {layer.neuron!r}: the Affine bias enters the synaptic current in NIR but the"
+        f" voltage on Loihi 2; using its steady state from the first step, which NIR's current"
+        f" reaches after ~{1 / (1 - dyn.syn_keep):.1f} steps, moves v by up to"
+        f" {peak / dyn.theta:.3g} threshold(s) from NIR's ({when})", stacklevel=3,
+    )
+
+
+def _fit_scale(layer: FloatLayer, profile: Profile, *, theta: float, u_peak: float,
+               bias_v: np.ndarray, full_range: float) -> _Scale:
+    """The largest ``s`` that keeps vth, the calibrated peak |u| and the biases in range, and the
+    weight exponent at which the weights (``full_range``: ``_full_range``) best use the grid.
+
+    Raises:
+        QuantizationError: no positive finite scale fits.
+    """
     limits = [profile.vth_max * 2.0**profile.threshold_shift / theta]
     if u_peak > 0:
         limits.append(U_HEADROOM * profile.state_max / u_peak)
@@ -272,20 +311,46 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
             f" {u_peak:.6g}, peak bias {bias_peak:.6g} voltage units): values beyond the"
             f" profile's {profile.state_bits}-bit state and {profile.threshold_bits}-bit threshold"
         )
-    if math.isinf(k):  # all weights zero: any exponent represents them
-        exp, scale = 0, s_limit
-    else:
-        exp = int(np.clip(math.floor(math.log2(s_limit / k)) - act,
-                          profile.weight_exp_min, profile.weight_exp_max))
-        scale = min(k * 2.0**(exp + act), s_limit)
-    weights, saturated = _mantissas(w_eff, grid, scale=scale, unit=2.0**(exp + act))
-    recurrent, rec_saturated = _recurrent(layer, profile, gain, scale)
+    if math.isinf(full_range):  # all weights zero: any exponent represents them
+        return _Scale(weight_exp=0, scale=s_limit)
+    act = profile.activation_shift
+    exp = int(np.clip(math.floor(math.log2(s_limit / full_range)) - act,
+                      profile.weight_exp_min, profile.weight_exp_max))
+    return _Scale(weight_exp=exp, scale=min(full_range * 2.0**(exp + act), s_limit))
+
+
+def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
+                   input_scale: int, num_message_bits: int) -> QuantLayer:
+    """Quantize one synapse->neuron layer; ``u_peak`` is the peak |u| in float voltage units.
+
+    Raises:
+        QuantizationError: non-finite values, parameters that differ between neurons, a
+            threshold at or below the reset, or values no scale can represent.
+    """
+    _check_values(layer, u_peak)
+    spec = layer.spec
+    dyn = _dynamics(layer)
+    theta = dyn.theta
+    unity = profile.decay_unity
+    du = int(np.clip(round(unity * (1.0 - dyn.syn_keep)) - profile.du_offset, 0, unity - 1))
+    dv_max = unity - profile.dv_offset  # dv + dv_offset <= unity: v keeps >= 0 of itself
+    dv = int(np.clip(round(unity * dyn.mem_gain) - profile.dv_offset, 0, dv_max)) if spec.leak else 0
+    drive = _drive(layer, dyn, input_scale=input_scale)
+    _warn_bias_transient(layer, dyn, drive)
+    sign_mode = sign_mode_of(drive.w_eff)
+    grid = weight_grid(profile, sign_mode)
+    fit = _fit_scale(layer, profile, theta=theta, u_peak=u_peak, bias_v=drive.bias_v,
+                     full_range=_full_range(drive.w_eff, grid))
+    exp, scale = fit.weight_exp, fit.scale
+    unit = 2.0**(exp + profile.activation_shift)
+    weights, saturated = _mantissas(drive.w_eff, grid, scale=scale, unit=unit)
+    recurrent, rec_saturated = _recurrent(layer, profile, drive.gain, scale)
     vth_raw = round(theta * scale / 2.0**profile.threshold_shift)
     vth = int(np.clip(vth_raw, 0, profile.vth_max))
-    bias_mant, bias_exp, bias_sat = _split_bias(np.round(bias_v * scale), profile)
+    bias_mant, bias_exp, bias_sat = _split_bias(np.round(drive.bias_v * scale), profile)
     _warn_limits(layer, theta=theta, vth=vth, vth_raw=vth_raw, profile=profile,
                  weights_saturated=saturated + rec_saturated, bias_saturated=bias_sat,
-                 weights_lost=bool(np.any(w_eff != 0) and not np.any(weights)))
+                 weights_lost=bool(np.any(drive.w_eff != 0) and not np.any(weights)))
     return QuantLayer(
         synapse=layer.synapse, neuron=layer.neuron, weights=weights, weight_exp=exp,
         sign_mode=sign_mode, num_weight_bits=profile.num_weight_bits,

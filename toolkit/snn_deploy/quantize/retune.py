@@ -114,6 +114,58 @@ def retune(dep: Deployment, *, mode: str, x: torch.Tensor, y: torch.Tensor | Non
             threshold bounds outside the profile's 0..vth_max, or impossible settings.
     """
     started = time.perf_counter()
+    cal = _calibrate(dep, mode=mode, x=x, y=y, float_rates=float_rates, vth_bounds=vth_bounds,
+                     seed=seed, fixed=simulators.fixed)
+    if mode == "rate":
+        assert cal.targets is not None
+        run = _Tuned(deployment=tune_rates(dep, cal.spikes, cal.targets, simulators.fixed,
+                                           cal.bounds),
+                     history=(), best_epoch=0, how=f"rate matching on {len(cal.x)} samples")
+    else:
+        run = _tune_by_gradient(dep, cal, mode=mode, simulators=simulators, validation=validation,
+                                seed=seed, epochs=epochs, lr=lr,
+                                weight_lr=weight_lr if train_weights else 0.0,
+                                rate_weight=rate_weight, batch_size=batch_size, adversary=adversary)
+    tuned = dataclasses.replace(run.deployment, calibration=f"{dep.calibration}; re-tuned: {run.how}")
+    validate_deployment(tuned, origin="re-tuned deployment")
+    after = simulators.fixed(tuned, cal.spikes)
+    return RetuneResult(
+        deployment=tuned, mode=mode,
+        layers=_changes(dep, tuned, cal.targets, cal.before, after, cal.steps),
+        history=run.history, best_epoch=run.best_epoch,
+        accuracy_before=_accuracy(cal.before, cal.y), accuracy_after=_accuracy(after, cal.y),
+        samples=len(cal.x), wall_time_s=time.perf_counter() - started,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Calibration:
+    """The checked calibration data, encoded with the Deployment's coding, and what it gives."""
+
+    x: torch.Tensor  # (N, n) float32 values in [0, 1]
+    y: torch.Tensor | None  # (N,) int64 labels
+    bounds: tuple[int, int]  # the vth range re-tuning may use
+    steps: int
+    spikes: torch.Tensor  # (T, N, n) the encoded input
+    before: Counts  # the input Deployment's per-layer counts on ``spikes``
+    targets: list[float] | None  # the float network's per-layer mean rates, if given
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tuned:
+    """What one re-tuning mode made, and a line saying how (for ``Deployment.calibration``)."""
+
+    deployment: Deployment
+    history: tuple[EpochRecord, ...]
+    best_epoch: int
+    how: str
+
+
+def _calibrate(dep: Deployment, *, mode: str, x: torch.Tensor, y: torch.Tensor | None,
+               float_rates: Sequence[float] | Callable[[torch.Tensor], Counts] | None,
+               vth_bounds: tuple[int, int] | None, seed: int,
+               fixed: Callable[[Deployment, torch.Tensor], Counts]) -> _Calibration:
+    """Check the mode and the data, encode ``x`` and run the input Deployment on it (see ``retune``)."""
     if mode not in MODES:
         raise UserError(f"unknown re-tuning mode {mode!r}: choose from {', '.join(MODES)}")
     if mode == "rate" and float_rates is None:
@@ -123,38 +175,32 @@ def retune(dep: Deployment, *, mode: str, x: torch.Tensor, y: torch.Tensor | Non
     steps = int(dep.coding.get("steps", 32))
     encoding = str(dep.coding.get("encoding", "rate"))
     spikes = encode(x, encoding=encoding, steps=steps, seed=seed)
-    before = simulators.fixed(dep, spikes)
+    before = fixed(dep, spikes)
     targets = _float_targets(float_rates, spikes, dep) if float_rates is not None else None
-    history: tuple[EpochRecord, ...] = ()
-    best_epoch = 0
-    if mode == "rate":
-        assert targets is not None
-        tuned = tune_rates(dep, spikes, targets, simulators.fixed, bounds)
-        how = f"rate matching on {len(x)} samples"
-    else:
-        sel = check_data(dep, *validation, what="validation", need_labels=True) \
-            if validation is not None else (x, y)
-        assert y is not None and sel[1] is not None
-        settings = finetune.settings(mode=mode, epochs=epochs, lr=lr,
-                                     weight_lr=weight_lr if train_weights else 0.0,
-                                     rate_weight=rate_weight, batch_size=batch_size, seed=seed,
-                                     adversary=adversary)
-        run = finetune.finetune(dep, x=x, y=y, select=(sel[0], sel[1]), fixed=simulators.fixed,
-                                make_twin=simulators.twin, settings=settings, bounds=bounds,
-                                rates=targets if targets is not None else mean_rates(before, steps))
-        tuned, history, best_epoch = run.deployment, run.history, run.best_epoch
-        how = (f"{mode} fine-tuning on {len(x)} samples, {settings.epochs} epochs, seed {seed},"
-               f" best epoch {best_epoch}")
-    tuned = dataclasses.replace(tuned, calibration=f"{dep.calibration}; re-tuned: {how}")
-    validate_deployment(tuned, origin="re-tuned deployment")
-    after = simulators.fixed(tuned, spikes)
-    return RetuneResult(
-        deployment=tuned, mode=mode,
-        layers=_changes(dep, tuned, targets, before, after, steps),
-        history=history, best_epoch=best_epoch,
-        accuracy_before=_accuracy(before, y), accuracy_after=_accuracy(after, y),
-        samples=len(x), wall_time_s=time.perf_counter() - started,
-    )
+    return _Calibration(x=x, y=y, bounds=bounds, steps=steps, spikes=spikes, before=before,
+                        targets=targets)
+
+
+def _tune_by_gradient(dep: Deployment, cal: _Calibration, *, mode: str, simulators: Simulators,
+                      validation: tuple[torch.Tensor, torch.Tensor] | None, seed: int,
+                      epochs: int | None, lr: float | None, weight_lr: float, rate_weight: float,
+                      batch_size: int, adversary: Adversary | None) -> _Tuned:
+    """``grad`` or ``robust``: fine-tune through the twin (``finetune``; arguments as ``retune``'s,
+    ``weight_lr`` 0 when the weights stay)."""
+    sel = check_data(dep, *validation, what="validation", need_labels=True) \
+        if validation is not None else (cal.x, cal.y)
+    assert cal.y is not None and sel[1] is not None
+    settings = finetune.settings(mode=mode, epochs=epochs, lr=lr, weight_lr=weight_lr,
+                                 rate_weight=rate_weight, batch_size=batch_size, seed=seed,
+                                 adversary=adversary)
+    rates = cal.targets if cal.targets is not None else mean_rates(cal.before, cal.steps)
+    run = finetune.finetune(dep, x=cal.x, y=cal.y, select=(sel[0], sel[1]), fixed=simulators.fixed,
+                            make_twin=simulators.twin, settings=settings, bounds=cal.bounds,
+                            rates=rates)
+    how = (f"{mode} fine-tuning on {len(cal.x)} samples, {settings.epochs} epochs, seed {seed},"
+           f" best epoch {run.best_epoch}")
+    return _Tuned(deployment=run.deployment, history=run.history, best_epoch=run.best_epoch,
+                  how=how)
 
 
 def check_data(dep: Deployment, x: torch.Tensor, y: torch.Tensor | None, *, what: str,
