@@ -13,6 +13,14 @@ from pathlib import Path
 import numpy as np
 from hypothesis import strategies as st
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
+from snn_deploy.profiles import load_profile
+from snn_deploy.quantize.deployment import (
+    SIGN_MODES,
+    Deployment,
+    LayerStats,
+    QuantLayer,
+    RecurrentSynapse,
+)
 
 # --- networks ------------------------------------------------------------------------------------
 
@@ -112,3 +120,47 @@ def assert_bad_input(proc: subprocess.CompletedProcess, *names: str) -> str:
     for name in names:
         assert name in line, f"{name!r} not named in the error line\n{detail}"
     return line
+
+
+PROFILE = load_profile("loihi2")
+NO_STATS = LayerStats(weights_total=0, weights_saturated=0, threshold_saturated=False,
+                      bias_saturated=0, u_peak_share=0.0)
+
+
+@st.composite
+def deployments(draw):
+    depth = draw(st.integers(1, 3))
+    sizes = [draw(st.integers(1, 6)) for _ in range(depth + 1)]
+    graded = draw(st.booleans())
+    layers = []
+    for i in range(depth):
+        n_in, n = sizes[i], sizes[i + 1]
+        ints = lambda lo, hi, shape: np.array(  # noqa: E731
+            draw(st.lists(st.integers(lo, hi), min_size=int(np.prod(shape)),
+                          max_size=int(np.prod(shape))))).reshape(shape)
+        recurrent = None
+        if draw(st.booleans()):
+            recurrent = RecurrentSynapse(
+                weights=ints(-600, 600, (n, n)).astype(np.int32),
+                weight_exp=draw(st.integers(-8, 7)), sign_mode=draw(st.sampled_from(SIGN_MODES)),
+                num_weight_bits=draw(st.integers(1, 8)))
+        layers.append(QuantLayer(
+            synapse=f"fc{i}", neuron=f"lif{i}", recurrent=recurrent,
+            weights=ints(-600, 600, (n, n_in)).astype(np.int32),  # beyond the 8-bit range
+            weight_exp=draw(st.integers(-8, 7)), sign_mode=draw(st.sampled_from(SIGN_MODES)),
+            num_weight_bits=draw(st.integers(1, 8)),
+            num_message_bits=8 if (graded and i == 0) else 0,
+            du=draw(st.integers(0, 4095)), dv=draw(st.integers(0, 4095)),
+            vth=draw(st.one_of(st.integers(0, 50), st.integers(0, 2**17 - 1))),
+            bias_mant=ints(-4096, 4095, (n,)).astype(np.int32),
+            bias_exp=ints(0, 7, (n,)).astype(np.int32), scale=1.0, stats=NO_STATS,
+        ))
+    dep = Deployment(profile=PROFILE, layers=tuple(layers), input_size=sizes[0],
+                     input_scale=255 if graded else 1, dt=1e-3, coding={}, source_sha256="",
+                     source_nir=b"", calibration="")
+    steps = draw(st.integers(1, 7))
+    batch = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = rng.random((steps, batch, sizes[0]))
+    x = (x if graded else x < draw(st.floats(0.1, 0.9))).astype(np.float32)
+    return dep, x

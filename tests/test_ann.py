@@ -324,7 +324,7 @@ def test_pgd_stays_in_the_box_and_raises_the_loss(mlp, digits):
 
 
 def test_cli_train_ann_convert_and_refusals(mlp, tmp_path, small_model_files):
-    from tests.test_cli import assert_bad_input, assert_ok, run_cli
+    from tests.factories import assert_bad_input, assert_ok, run_cli
 
     proc = run_cli("convert", mlp["checkpoint"], "--out", tmp_path / "m.nir", "--steps", "8",
                    "--norm", "percentile", "--threshold-scale", "0.5", cwd=tmp_path)

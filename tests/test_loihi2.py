@@ -23,8 +23,7 @@ from snn_deploy.quantize.fixed_point import quantize_network
 from snn_deploy.run import loihi2
 from snn_deploy.run.lava_sim import build_graph, input_to_lava
 
-from tests.factories import random_network
-from tests.test_cli import assert_bad_input, run_cli
+from tests.factories import assert_bad_input, random_network, run_cli
 
 STEPS, BATCH = 5, 3
 

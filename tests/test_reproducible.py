@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.test_cli import assert_ok, run_cli
+from tests.factories import assert_ok, run_cli
 
 TIMING_KEYS = {"wall_time_s", "seconds"}
 

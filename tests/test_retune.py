@@ -234,7 +234,7 @@ def test_weights_start_in_the_middle_of_their_grid_cells(dep, sign_mode, bits):
 def test_cli_deploy_retune(small_model_files, tmp_path):
     import numpy as np
 
-    from tests.test_cli import assert_bad_input, assert_ok, run_cli
+    from tests.factories import assert_bad_input, assert_ok, run_cli
 
     nir_path = small_model_files["nir"]
     proc = run_cli("deploy", nir_path, "--dataset", "digits", "--retune", "rate",

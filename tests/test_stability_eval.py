@@ -7,7 +7,7 @@ import json
 from snn_deploy.evaluate.stability import Perturbation, perturbation_report
 from snn_deploy.targets import load_target
 
-from tests.test_cli import assert_bad_input, assert_ok, run_cli
+from tests.factories import assert_bad_input, assert_ok, run_cli
 
 
 def test_more_noise_perturbs_the_membrane_more(small_model_files, digits):

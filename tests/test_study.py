@@ -204,7 +204,7 @@ def test_default_study_config_is_valid():
 
 
 def test_cli_study_refuses_a_bad_config(tmp_path):
-    from tests.test_cli import assert_bad_input, run_cli
+    from tests.factories import assert_bad_input, run_cli
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[study]\nname = "x"\nbogus = 1\n')

@@ -277,7 +277,7 @@ def test_bad_training_options_raise_user_errors(bad, match):
 
 
 def test_cli_train_options_and_first_spike_evaluation(tmp_path):
-    from tests.test_cli import assert_bad_input, assert_ok, run_cli
+    from tests.factories import assert_bad_input, assert_ok, run_cli
 
     ckpt = tmp_path / "fs.pt"
     proc = run_cli("train", "--loss", "first_spike", "--recurrent", "--rule", "decolle",

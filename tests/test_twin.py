@@ -11,7 +11,7 @@ from snn_deploy.run.emulator import run_layers
 from snn_deploy.run.twin import SURROGATES, EmulatorTwin
 from snn_deploy.targets import load_target
 
-from tests.test_emulator import deployments
+from tests.factories import deployments
 
 
 def _same_forward(dep, x: np.ndarray) -> None:
