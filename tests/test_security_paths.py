@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from snn_deploy.cli import main
 from snn_deploy.errors import UserError
-from snn_deploy.study import folder_name, parse_study
 from snn_deploy.fileio import all_or_nothing, atomic_path, check_writable
+from snn_deploy.study import folder_name, parse_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,8 +22,13 @@ from typing import Callable, Protocol
 
 import torch
 
-from snn_deploy.coding import (BINARY_ENCODINGS, STOCHASTIC_ENCODINGS, encode,
-                               encode_with_uniforms, straight_through_values)
+from snn_deploy.coding import (
+    BINARY_ENCODINGS,
+    STOCHASTIC_ENCODINGS,
+    encode,
+    encode_with_uniforms,
+    straight_through_values,
+)
 from snn_deploy.errors import UserError
 
 BATCH = 512  # the encoder chunk of evaluate.accuracy.encoded_batches (kept equal by a test)

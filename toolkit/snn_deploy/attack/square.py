@@ -17,7 +17,8 @@ The input is an h x h image when n is a perfect square (digits: 8 x 8), else a 1
    total norm kept at eps), where p_i follows the paper's piecewise-constant schedule;
 4. a proposal replaces the current point when its margin z_y - max_{k != y} z_k is <= the current
    one. The reference code requires <, but spike-count logits are integers and tie often:
-   accepting ties lets the search drift across plateaus. A sample stops once it is misclassified (``base.misclassified``: ties to the lowest class).
+   accepting ties lets the search drift across plateaus. A sample stops once it is
+   misclassified (``base.misclassified``: ties go to the lowest class).
 
 Every sample draws from its own random stream (``draws.SampleStreams``), so its result does not
 depend on the other samples in the batch.

@@ -16,9 +16,18 @@ from snn_deploy.convert.ann_to_snn import DEFAULT_PERCENTILE, BalancedLayer, ann
 from snn_deploy.convert.export import write_nir
 from snn_deploy.data import load_dataset
 from snn_deploy.errors import UserError
-from snn_deploy.train.ann import (AnnConfig, AnnEpoch, AnnNetwork, AnnTrainResult, ann_accuracy,
-                                  conv_layers, fit_ann, load_ann_checkpoint, mlp_layers,
-                                  save_ann_checkpoint)
+from snn_deploy.train.ann import (
+    AnnConfig,
+    AnnEpoch,
+    AnnNetwork,
+    AnnTrainResult,
+    ann_accuracy,
+    conv_layers,
+    fit_ann,
+    load_ann_checkpoint,
+    mlp_layers,
+    save_ann_checkpoint,
+)
 
 DEFAULT_HIDDEN = (128,)  # the deployable 64-128-10 MLP on digits
 

@@ -29,8 +29,16 @@ from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.quantize.fixed_point import lava_dense_grid
 from snn_deploy.run import kernel as cpu_kernel
-from snn_deploy.run.lif_core import (INT31, Bounds, abs_max, bounds, lif_update, scaled_bias,
-                                     torch_ops, wrap_int32)
+from snn_deploy.run.lif_core import (
+    INT31,
+    Bounds,
+    abs_max,
+    bounds,
+    lif_update,
+    scaled_bias,
+    torch_ops,
+    wrap_int32,
+)
 from snn_deploy.run.recording import Recording
 
 CHUNK = 256  # samples per pass and thread: keeps each step's tensors in cache

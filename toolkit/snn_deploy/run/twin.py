@@ -25,9 +25,17 @@ from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.quantize.fixed_point import lava_dense_grid
 from snn_deploy.run.emulator import lava_weights
-from snn_deploy.run.lif_core import (INT31, Ops, abs_max, bounds, decay_, fold24, lif_update,
-                                     scaled_bias, wrap_int32)
-
+from snn_deploy.run.lif_core import (
+    INT31,
+    Ops,
+    abs_max,
+    bounds,
+    decay_,
+    fold24,
+    lif_update,
+    scaled_bias,
+    wrap_int32,
+)
 
 
 def _ste(x: torch.Tensor, exact: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from snn_deploy.data import Split
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.train.adversarial import pgd_linf, trades_adversary, trades_loss
-from snn_deploy.train.model import (checkpoint_kind, load_weights, read_checkpoint,
-                                    write_checkpoint)
+from snn_deploy.train.model import checkpoint_kind, load_weights, read_checkpoint, write_checkpoint
 
 ANN_KIND = "ann"
 # Identities in evaluation: they neither end a layer of neurons nor become a NIR node.
