@@ -4,10 +4,12 @@ runner and verdicts of the ``snn-deploy`` console script."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,18 @@ def deployments(draw):
     x = rng.random((steps, batch, sizes[0]))
     x = (x if graded else x < draw(st.floats(0.1, 0.9))).astype(np.float32)
     return dep, x
+
+
+def zip_records(records: dict[str, bytes], *, compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A zip archive of ``records`` (name -> bytes), as a checkpoint file's bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as z:
+        for name, data in records.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def read_records(blob: bytes) -> dict[str, bytes]:
+    """The members of a zip archive's bytes, name -> bytes."""
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        return {name: z.read(name) for name in z.namelist()}

@@ -14,61 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nir
 import numpy as np
 import pytest
 
-TIMEOUT_S = 300
+from tests.factories import assert_bad_input, assert_ok, run_cli
+
 HIDDEN, STEPS, LIMIT = 16, 8, 20
 DIGITS_INPUTS, DIGITS_CLASSES = 64, 10
 
 
-def _command() -> list[str]:
-    """The installed console script next to this interpreter, else ``python -m snn_deploy.cli``."""
-    script = Path(sys.executable).parent / "snn-deploy"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    found = shutil.which("snn-deploy")
-    return [found] if found else [sys.executable, "-m", "snn_deploy.cli"]
-
-
-CLI = _command()
-
-
-def run_cli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("PYTHONWARNINGS", None)
-    return subprocess.run([*CLI, *(str(a) for a in args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT_S)
-
-
 def _listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
-
-
-def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-
-
-def assert_bad_input(proc: subprocess.CompletedProcess, *names: str) -> str:
-    """rc 2, one non-empty stderr line that mentions every string in ``names``, no traceback."""
-    detail = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr, detail
-    assert proc.returncode == 2, detail
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, f"expected exactly one line on stderr\n{detail}"
-    line = lines[0].strip()
-    assert line, detail
-    assert "error" in line.lower(), detail
-    for name in names:
-        assert name in line, f"{name!r} not named in the error line\n{detail}"
-    return line
 
 
 # --------------------------------------------------------------------------------------------

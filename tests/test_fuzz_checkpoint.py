@@ -34,7 +34,7 @@ from snn_deploy.targets import load_target
 from snn_deploy.train.ann import AnnConfig, AnnNetwork, mlp_layers, save_ann_checkpoint
 from snn_deploy.train.model import LIFNetwork, ModelConfig, load_checkpoint, save_checkpoint
 
-from tests.factories import EXAMPLES, damaged, mutations
+from tests.factories import EXAMPLES, damaged, mutations, read_records, zip_records
 
 STEPS = 4
 
@@ -243,17 +243,6 @@ def test_defective_checkpoints_are_refused(originals, tmp_path, case, kind, edit
 # Files that are not torch archives, and archives that lie about their sizes
 
 
-def _zip(records: dict[str, bytes], compression=zipfile.ZIP_STORED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=compression) as z:
-        for name, data in records.items():
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
-def _records(blob: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(blob)) as z:
-        return {name: z.read(name) for name in z.namelist()}
 
 
 MARK = 4099  # the numel of the tensor whose declared size is then changed (unique in the pickle)
@@ -266,7 +255,7 @@ def _claiming(numel: int) -> bytes:
     buf = io.BytesIO()
     torch.save({"format": "snn-deploy-checkpoint", "version": 1, "kind": "lif",
                 "w": torch.zeros(MARK)}, buf)
-    records = _records(buf.getvalue())
+    records = read_records(buf.getvalue())
     name = next(n for n in records if n.endswith("data.pkl"))
     pkl = records[name]
     hits = [pos for op, arg, pos in pickletools.genops(pkl) if op.name == "BININT2" and arg == MARK]
@@ -274,7 +263,7 @@ def _claiming(numel: int) -> bytes:
     for pos in reversed(hits):
         pkl = pkl[:pos] + b"J" + struct.pack("<i", numel) + pkl[pos + 3:]
     records[name] = pkl
-    return _zip(records)
+    return zip_records(records)
 
 
 HUGE = 2**30  # float32 elements: 4 GB
@@ -294,10 +283,10 @@ def test_torch_trusts_a_declared_storage_size(tmp_path):
 def _bomb() -> bytes:
     """A torch archive whose data record is 64 MB of zeros, deflated to a few dozen KB."""
     blob = _claiming(2**24)
-    records = _records(blob)
+    records = read_records(blob)
     data = next(n for n in records if n.endswith("/data/0"))
     records[data] = bytes(4 * 2**24)
-    return _zip(records, compression=zipfile.ZIP_DEFLATED)
+    return zip_records(records, compression=zipfile.ZIP_DEFLATED)
 
 
 NOT_CHECKPOINTS = [
@@ -305,11 +294,11 @@ NOT_CHECKPOINTS = [
     ("text", lambda o: b"hello world\n"),
     ("plain pickle of a payload", lambda o: pickle.dumps({"format": "snn-deploy-checkpoint",
                                                           "version": 1, "config": {}})),
-    ("zip that is not a torch archive", lambda o: _zip({"hello.txt": b"hi"})),
+    ("zip that is not a torch archive", lambda o: zip_records({"hello.txt": b"hi"})),
     ("torch archive without its pickle",
-     lambda o: _zip({k: v for k, v in _records(o["lif"]).items() if not k.endswith("data.pkl")})),
+     lambda o: zip_records({k: v for k, v in read_records(o["lif"]).items() if not k.endswith("data.pkl")})),
     ("torch archive without its data",
-     lambda o: _zip({k: v for k, v in _records(o["lif"]).items() if "/data/" not in k})),
+     lambda o: zip_records({k: v for k, v in read_records(o["lif"]).items() if "/data/" not in k})),
     ("a NIR file renamed .pt", lambda o: b"\x89HDF\r\n\x1a\n" + bytes(200)),
     ("a tensor claiming 4 GB over a 16 KB record", lambda o: _claiming(HUGE)),
     ("a record inflating to 64 MB", lambda o: _bomb()),

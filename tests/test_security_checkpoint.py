@@ -32,6 +32,8 @@ from snn_deploy.train.ann import AnnConfig, AnnNetwork, mlp_layers, save_ann_che
 from snn_deploy.train.checkpoint_archive import CHECKPOINT_MEMBERS, PICKLE_MAX_BYTES
 from snn_deploy.train.model import LIFNetwork, ModelConfig, read_checkpoint, save_checkpoint
 
+from tests.factories import read_records, zip_records
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 4
@@ -68,17 +70,6 @@ class _CreatesMarker:
         return (open, (MARKER, "w"))
 
 
-def _zip(records: dict[str, bytes], *, compression: int = zipfile.ZIP_STORED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=compression) as z:
-        for name, data in records.items():
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
-def _records(blob: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(blob)) as z:
-        return {name: z.read(name) for name in z.namelist()}
 
 
 def _saved(obj: object) -> bytes:
@@ -151,11 +142,11 @@ def test_our_writers_make_only_allowed_members(files):
     """Every member our writers (and this torch's ``torch.save`` of a dict) write is allowed, and
     both checkpoint kinds pass every check. When the torch pin moves and this fails, the new
     torch writes members ``CHECKPOINT_MEMBERS`` does not know: check what they are first."""
-    plain = set(_records(_saved({"w": torch.zeros(2)})))
+    plain = set(read_records(_saved({"w": torch.zeros(2)})))
     assert plain == {"archive/data.pkl", "archive/byteorder", "archive/data/0", "archive/version",
                      "archive/.data/serialization_id"}, plain
     for kind in ("lif", "ann"):
-        for name in _records(files[kind].read_bytes()):
+        for name in read_records(files[kind].read_bytes()):
             assert CHECKPOINT_MEMBERS.fullmatch(name.split("/", 1)[1]), name
         assert read_checkpoint(files[kind])["kind"] == kind
 
@@ -166,10 +157,10 @@ def test_our_writers_make_only_allowed_members(files):
 
 def _with(blob: bytes, extra: dict[str, bytes], *, compression: int = zipfile.ZIP_STORED) -> bytes:
     """The archive ``blob`` with the records ``extra`` added; "{}" in a name is its folder."""
-    records = _records(blob)
+    records = read_records(blob)
     folder = next(iter(records)).split("/", 1)[0]
     records.update({name.format(folder): data for name, data in extra.items()})
-    return _zip(records, compression=compression)
+    return zip_records(records, compression=compression)
 
 
 def _replaced_pickle(blob: bytes, payload_edit) -> bytes:
@@ -177,11 +168,11 @@ def _replaced_pickle(blob: bytes, payload_edit) -> bytes:
     (its tensors keep their record names: torch numbers storages in the order it meets them)."""
     payload = torch.load(io.BytesIO(blob), weights_only=True)
     payload_edit(payload)
-    fresh = _records(_saved(payload))
-    records = _records(blob)
+    fresh = read_records(_saved(payload))
+    records = read_records(blob)
     name = next(n for n in records if n.endswith("/data.pkl"))
     records[name] = fresh["archive/data.pkl"]
-    return _zip(records)
+    return zip_records(records)
 
 
 def _encrypted_flag(blob: bytes) -> bytes:
@@ -198,7 +189,7 @@ def _encrypted_flag(blob: bytes) -> bytes:
 
 
 def _duplicate(blob: bytes) -> bytes:
-    records = _records(blob)
+    records = read_records(blob)
     name = next(n for n in records if n.endswith("/version"))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
@@ -210,7 +201,7 @@ def _duplicate(blob: bytes) -> bytes:
 
 def _pickle_with(make) -> bytes:
     """An archive whose data.pkl is ``make()``'s protocol 2 pickle and whose records are none."""
-    return _zip({"x/data.pkl": pickle.dumps(make(), protocol=2), "x/version": b"3\n",
+    return zip_records({"x/data.pkl": pickle.dumps(make(), protocol=2), "x/version": b"3\n",
                  "x/byteorder": b"little"})
 
 
@@ -228,7 +219,7 @@ HOSTILE = [  # (case, make(lif checkpoint bytes) -> file bytes, what the message
                                                                           b"data/9\0py"),
      "name that torch reads"),
     ("a duplicate name", _duplicate, "duplicate name"),
-    ("compressed records", lambda b: _zip(_records(b), compression=zipfile.ZIP_DEFLATED),
+    ("compressed records", lambda b: zip_records(read_records(b), compression=zipfile.ZIP_DEFLATED),
      "compressed"),
     ("encrypted records", _encrypted_flag, "encrypted"),
     ("a global that creates a file",
@@ -244,12 +235,12 @@ HOSTILE = [  # (case, make(lif checkpoint bytes) -> file bytes, what the message
     ("a pickle larger than the bound",
      lambda b: _replaced_pickle(b, lambda p: p["info"].update(x="a" * PICKLE_MAX_BYTES)),
      f"more than the {PICKLE_MAX_BYTES}"),
-    ("bytes after the pickle", lambda b: _zip({k: v + b"junk" if k.endswith("data.pkl") else v
-                                               for k, v in _records(b).items()}),
+    ("bytes after the pickle", lambda b: zip_records({k: v + b"junk" if k.endswith("data.pkl") else v
+                                               for k, v in read_records(b).items()}),
      "bytes after the pickle's STOP"),
     ("a zip comment", lambda b: _comment(b), "zip directory"),
     ("text before the zip", lambda b: b"hello" + b, "not a torch zip archive"),
-    ("another zip before the zip", lambda b: _zip({"a": b"b"}) + b, "zip64 end records disagree"),
+    ("another zip before the zip", lambda b: zip_records({"a": b"b"}) + b, "zip64 end records disagree"),
 ]
 
 
