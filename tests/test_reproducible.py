@@ -40,3 +40,23 @@ def test_attack_reports_repeat_exactly(small_model_files, tmp_path):
     args = ("attack", small_model_files["deployment"], "--attack", "pgd,square", "--eps", "0,0.2",
             "--iterations", "4", "--queries", "30", "--limit", "16", "--seed", "2")
     assert _report(tmp_path, "a.json", *args) == _report(tmp_path, "b.json", *args)
+
+
+def test_export_writes_the_same_file_whatever_the_string_hashing(small_model_files, tmp_path):
+    """nirtorch lists a graph's edges in set order, which follows Python's string hashing
+    (PYTHONHASHSEED, random per process): the same checkpoint exported twice gave two files, and
+    every report's model hash changed with it. ``convert.export.write_nir`` sorts the edges."""
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"{seed}.nir"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run([sys.executable, "-m", "snn_deploy.cli", "export",
+                               str(small_model_files["checkpoint"]), "--out", str(out)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert_ok(proc)
+        digests.append(out.read_bytes())
+    assert digests[0] == digests[1] == digests[2]

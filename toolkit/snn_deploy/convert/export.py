@@ -15,6 +15,7 @@ a cycle neuron -> ``nir.Linear`` (R) -> the same neuron; ``convert.nirgraph`` re
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import nir
@@ -110,6 +111,10 @@ def _topological(graph: nir.NIRGraph) -> list[str]:
 
 
 def write_nir(graph: nir.NIRGraph, path: str | Path) -> None:
-    """``nir.write`` to a temporary file, renamed onto ``path`` when complete."""
+    """``nir.write`` to a temporary file, renamed onto ``path`` when complete. The edges are
+    written sorted: nirtorch lists them in set order, which changes with Python's string hashing
+    from one process to the next, so the same model gave files (and report hashes) that differed."""
+    graph = copy.copy(graph)
+    graph.edges = sorted(graph.edges)
     with atomic_path(path) as tmp:
         nir.write(str(tmp), graph)
