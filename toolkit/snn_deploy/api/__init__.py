@@ -21,27 +21,15 @@ where the command writes files, ``write``/``save``. ``snn-deploy study`` is
 
 from __future__ import annotations
 
-from snn_deploy.api.calibration import (
-                                        CALIBRATION_SAMPLES,
-                                        EFFECT_RATE,
-                                        EFFECT_SAMPLES,
-                                        EFFECT_STEPS,
-                                        SourceEffect,
-                                        calibration_input,
-                                        random_spikes,
-                                        reset_effect,
-)
+from snn_deploy.api.calibration import (CALIBRATION_SAMPLES, EFFECT_RATE, EFFECT_SAMPLES,
+                                        EFFECT_STEPS, SourceEffect, calibration_input,
+                                        random_spikes, reset_effect)
 from snn_deploy.api.common import check_device, check_outputs, profile_file, select_host
 from snn_deploy.api.conversion import ConvertResult, convert, export
-from snn_deploy.api.deployment import DeployResult, ImportResult, deploy, import_netx, write_deployment
-from snn_deploy.api.evaluation import (
-                                        CompareResult,
-                                        EvaluateResult,
-                                        compare,
-                                        evaluate,
-                                        format_reports,
-                                        read_report,
-)
+from snn_deploy.api.deployment import (DeployResult, ImportResult, deploy, import_netx,
+                                       write_deployment)
+from snn_deploy.api.evaluation import (CompareResult, EvaluateResult, compare, evaluate,
+                                       format_reports, read_report)
 from snn_deploy.api.hardware import ResourcesResult, resources
 from snn_deploy.api.inputs import NPY_HEADER_MAX, NPY_LENGTH_BYTES, load_npy, time_major
 from snn_deploy.api.robustness import AttackResult, attack
