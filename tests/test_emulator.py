@@ -126,8 +126,9 @@ def test_threaded_chunks_equal_one_thread_and_leave_the_callers_threads_alone(sm
     """Chunks on the worker pool give the one-thread result; every worker keeps one intra-op
     thread and the caller keeps its count. A worker that took the caller's count back (torch's
     lazy per-thread initialisation after set_num_threads) oversubscribed the cores and left the
-    caller's torch ops 4-5x slower (run/emulator.py, _one_intra_op_thread)."""
+    caller's torch ops 4-5x slower (run/workers.py, _one_intra_op_thread)."""
     from snn_deploy.run import emulator
+    from snn_deploy.run.workers import worker_pool
 
     dep = load_target(small_model_files["deployment"]).deployment
     x = torch.from_numpy(np.random.default_rng(2).random((16, 3 * emulator.CHUNK + 5, 64)) < 0.3)
@@ -138,7 +139,7 @@ def test_threaded_chunks_equal_one_thread_and_leave_the_callers_threads_alone(sm
         torch.set_num_threads(2)
         pooled = emulator.Emulator(dep).run(x)
         assert torch.get_num_threads() == 2
-        workers = emulator._pool(2)
+        workers = worker_pool(2)
         assert [workers.submit(torch.get_num_threads).result() for _ in range(4)] == [1] * 4
     finally:
         torch.set_num_threads(threads)
