@@ -38,11 +38,10 @@ from snn_deploy.cli_options import (
     progress_bar,
     say,
     slurm_options,
-    terminate_as_interrupt,
 )
 from snn_deploy.coding import ENCODERS
 from snn_deploy.data import DATASETS
-from snn_deploy.errors import Terminated, UserError
+from snn_deploy.errors import Terminated, UserError, terminate_raises
 from snn_deploy.fileio import check_writable
 from snn_deploy.run.backends import BACKENDS
 
@@ -441,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        with terminate_as_interrupt():
+        with terminate_raises():
             cli.main(args=argv, prog_name="snn-deploy", standalone_mode=False)
     except UserError as exc:
         click.echo(f"snn-deploy: error: {exc}", err=True)

@@ -6,12 +6,9 @@ SIGTERM and SIGHUP unwind a command as Ctrl-C does.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import sys
 import threading
-from typing import Iterator
 
 import click
 
@@ -19,7 +16,6 @@ from snn_deploy.attack.base import NORMS as ATTACK_NORMS
 from snn_deploy.bounds import MAX_SEED, MAX_STEPS, layer_sizes_problem
 from snn_deploy.convert.ann_to_snn import NORMS as CONVERT_NORMS
 from snn_deploy.convert.nirgraph import RESETS
-from snn_deploy.errors import Terminated
 from snn_deploy.quantize.retune import MODES as RETUNE_MODES
 from snn_deploy.run.backends import BACKENDS, DEPLOYED_BACKENDS
 from snn_deploy.train.ann import ADVERSARIAL as ANN_ADVERSARIAL
@@ -148,23 +144,3 @@ def slurm_options(command):
     return click.option("--partition", default=None,
                         help="loihi2 only: run on this SLURM partition of Intel's cloud"
                              " (default: SLURM's choice).")(command)
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated(signum)
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind the command as Ctrl-C does (Lava runtimes stopped, temporary
-    files removed) instead of killing it mid-way; the handlers before are restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, _raise_terminated)
-                for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -6,6 +6,11 @@ else that escapes is an internal error (exit status 1).
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
 
 class UserError(Exception):
     """Bad input from the user: a missing or corrupt file, a wrong format, an impossible setting."""
@@ -39,3 +44,26 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminate_raises(*, only_default: bool = False) -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Terminated`` inside the block (main thread only), so that they
+    unwind it as Ctrl-C does instead of killing the process mid-way; the handlers before are
+    restored afterwards. ``only_default``: leave alone a signal someone else handles already (a
+    library run inside the CLI, whose own handlers stay)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_terminated)
+                for signum in (signal.SIGTERM, signal.SIGHUP)
+                if not only_default or signal.getsignal(signum) == signal.SIG_DFL}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

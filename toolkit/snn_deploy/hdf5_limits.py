@@ -135,6 +135,18 @@ def check_declared_sizes(source: str | Path | io.BytesIO, *, origin: str) -> Non
         walk.refuse(f"its datasets claim {walk.nbytes:,} bytes together (limit {MAX_TOTAL_BYTES:,})")
 
 
+def open_checked(path: str | Path, *, what: str, unreadable: str) -> h5py.File:
+    """An HDF5 file we did not write, opened for reading: a regular file (``fileio.regular_input``:
+    "WHAT not found: PATH" when missing), its structure checked (``check_declared_sizes``), then
+    opened; ``unreadable`` is the one-line error for a file h5py cannot open."""
+    path = regular_input(path, what=what)
+    check_declared_sizes(path, origin=str(path))
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        raise InputFileError(unreadable) from None
+
+
 def _identity(obj: h5o.ObjectID) -> tuple[int, int]:
     info = h5o.get_info(obj)
     return int(info.fileno), int(info.addr)

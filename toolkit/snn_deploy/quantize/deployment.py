@@ -17,7 +17,7 @@ from snn_deploy import lava_formats as lava
 from snn_deploy.convert.nirfile import read_coding
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError
 from snn_deploy.fileio import atomic_path
-from snn_deploy.hdf5_limits import check_declared_sizes
+from snn_deploy.hdf5_limits import open_checked
 from snn_deploy.profiles import Profile, parse_profile
 
 FORMAT_TAG = "snn-deploy-deployment"
@@ -248,14 +248,8 @@ def load_deployment(path: str | Path) -> Deployment:
     file, values of the wrong type, or values outside its profile's formats
     (``validate_deployment``)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"deployment file not found: {path}")
-    check_declared_sizes(path, origin=str(path))
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise InputFileError(f"{path} is not an HDF5 deployment file") from None
-    with f:
+    with open_checked(path, what="deployment file",
+                      unreadable=f"{path} is not an HDF5 deployment file") as f:
         try:
             if _text(f.attrs.get("format", "")) != FORMAT_TAG:
                 raise InputFileError(f"{path} is not an snn-deploy deployment (no '{FORMAT_TAG}' tag)")

@@ -22,7 +22,7 @@ import numpy as np
 
 from snn_deploy.convert.nirfile import read_coding
 from snn_deploy.errors import InputFileError, UnsupportedNode
-from snn_deploy.hdf5_limits import check_declared_sizes
+from snn_deploy.hdf5_limits import open_checked
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer, validate_deployment
 from snn_deploy.quantize.netx import DEFAULT_STEPS, NETX_LIF_NEURONS, check_profile
@@ -171,14 +171,9 @@ def read_netx(path: str | Path, *, profile: Profile, skip_layers: int = 0,
     check_profile(profile)
     if skip_layers < 0 or (num_layers is not None and num_layers < 1):
         raise InputFileError(f"skip_layers {skip_layers} / num_layers {num_layers} select nothing")
-    if not path.is_file():
-        raise InputFileError(f"netx file not found: {path}")
-    check_declared_sizes(path, origin=str(path))
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise InputFileError(f"{path} is not a readable HDF5 file (truncated, or not HDF5 at all;"
-                             " lava-dl netx networks are HDF5)") from None
+    f = open_checked(path, what="netx file",
+                     unreadable=f"{path} is not a readable HDF5 file (truncated, or not HDF5 at"
+                                " all; lava-dl netx networks are HDF5)")
     try:
         with f:
             dep = _read(f, path, profile, skip_layers, num_layers)

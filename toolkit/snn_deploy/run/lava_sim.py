@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from snn_deploy.errors import Terminated, UserError
+from snn_deploy.errors import Terminated, UserError, terminate_raises
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.run.recording import Recording
 
@@ -52,10 +52,6 @@ RUN_CHUNKS = 20  # the run is split into this many RunSteps calls, for progress 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated(signum)
-
-
 @contextlib.contextmanager
 def _stopping(process) -> Iterator[None]:
     """Stop the Lava runtime of ``process`` when the block ends, however it ends: an error,
@@ -66,7 +62,7 @@ def _stopping(process) -> Iterator[None]:
     wait for a first command that never comes (tests/test_interrupt.py shows it). Such a runtime
     (a Ctrl-C right after ``create_runtime``) first runs one step, which starts it, then stops.
     """
-    with _terminate_raises():
+    with terminate_raises(only_default=True):
         try:
             yield
         finally:
@@ -78,24 +74,6 @@ def _stopping(process) -> Iterator[None]:
                     process.run(condition=RunSteps(num_steps=1))
             with contextlib.suppress(Exception):
                 process.stop()
-
-
-@contextlib.contextmanager
-def _terminate_raises() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise ``Terminated`` in the block, where their action is the default
-    (death without clean-up); handlers someone else set (the CLI's) are left alone."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) == signal.SIG_DFL:
-            previous[signum] = signal.signal(signum, _raise_terminated)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _start_resource_tracker() -> None:
