@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from hypothesis import strategies as st
+from snn_deploy.coding import Coding
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.deployment import (
@@ -42,7 +43,7 @@ def random_network(sizes, *, seed: int, mean: float = 0.4, theta: float = 1.0,
         layers.append(FloatLayer(synapse=f"fc{i}", neuron=f"lif{i}", weight=weight,
                                  bias=np.zeros(n_out), spec=spec))
     return FloatNetwork(dt=1e-3, input_size=sizes[0], layers=tuple(layers),
-                        coding={"encoding": "rate", "steps": steps})
+                        coding=Coding.of(encoding="rate", steps=steps))
 
 
 # --- damaged files (tests/test_fuzz.py, tests/test_fuzz_checkpoint.py) ---------------------------
@@ -158,7 +159,7 @@ def deployments(draw):
             bias_exp=ints(0, 7, (n,)).astype(np.int32), scale=1.0, stats=NO_STATS,
         ))
     dep = Deployment(profile=PROFILE, layers=tuple(layers), input_size=sizes[0],
-                     input_scale=255 if graded else 1, dt=1e-3, coding={}, source_sha256="",
+                     input_scale=255 if graded else 1, dt=1e-3, coding=Coding(), source_sha256="",
                      source_nir=b"", calibration="")
     steps = draw(st.integers(1, 7))
     batch = draw(st.integers(1, 3))

@@ -102,7 +102,7 @@ def test_nir_round_trip_keeps_balanced_weights_and_thresholds(mlp, digits):
     net = graph_to_network(read_nir(mlp["nir"]))
     first, second = net.layers
     assert (net.dt, net.input_size, net.output_size) == (1e-3, 64, 10)
-    assert net.coding["encoding"] == "direct" and int(net.coding["steps"]) == STEPS
+    assert net.coding.encoding == "direct" and net.coding.steps == STEPS
     assert first.spec.kind == second.spec.kind == "IF"
     np.testing.assert_allclose(first.weight, model.net[0].weight.detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(first.bias, model.net[0].bias.detach().numpy(), rtol=1e-6)

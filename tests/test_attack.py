@@ -11,11 +11,11 @@ from snn_deploy.attack import ATTACKS
 from snn_deploy.attack.apgd import checkpoints
 from snn_deploy.attack.base import BATCH, AttackSettings, FrozenEncoder, project
 from snn_deploy.attack.losses import dlr
+from snn_deploy.coding import decoder_predict
 from snn_deploy.evaluate import accuracy
 from snn_deploy.evaluate.checks import monotone, robust_below_clean
 from snn_deploy.evaluate.robustness import Evaluator, SourceSpec, run_attack, sweep
 from snn_deploy.targets import load_target
-from snn_deploy.train.decoding import decoder_predict
 
 from tests.factories import assert_bad_input, assert_ok, run_cli
 
@@ -191,7 +191,7 @@ def test_apgd_halves_its_step_at_each_checkpoint_and_restarts_from_the_best_poin
 def test_apgd_does_not_settle_for_a_tie_the_decoder_gives_to_the_true_class():
     """Iterate 2 ties (spike counts 1, 1 for label 0), iterate 3 on is misclassified (0, 2+);
     the loss rises at every step, so no checkpoint intervenes. The deployed decoder breaks ties
-    towards the lowest class (train/decoding.decoder_predict), so the tie is no adversarial
+    towards the lowest class (coding.decoder_predict), so the tie is no adversarial
     example (attack/base.misclassified; APGD once took margin <= 0 as fooled)."""
     tie = [1.0, 1.0]
     assert decoder_predict(torch.tensor([[tie]]), decoder="spike_count").tolist() == [0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from snn_deploy.coding import direct_encode, encode, predict, rate_encode, spike_count
+from snn_deploy.coding import Coding, DecoderSpec, direct_encode, encode, predict, rate_encode, spike_count
 from snn_deploy.errors import UserError
 
 
@@ -73,3 +73,22 @@ def test_burst_codings_spike_for_a_share_of_the_window_at_its_start_or_end():
     assert first[:5, 1].tolist() == [1.0] * 5 and last[5:, 1].tolist() == [1.0] * 5
     assert torch.equal(encode(x, encoding="latency", steps=10, seed=1),
                        encode(x, encoding="latency", steps=10, seed=2))  # deterministic
+
+
+def test_coding_is_checked_once_keeps_the_file_entries_and_gives_defaults():
+    raw = {"writer": "other tool", "steps": np.int64(12), "encoding": b"latency"}
+    coding = Coding.read(raw, where="m.nir")
+    assert coding.to_dict() == {"writer": "other tool", "steps": 12, "encoding": "latency"}
+    assert list(coding.to_dict()) == ["writer", "steps", "encoding"]  # the file's order
+    assert (coding.encoding, coding.steps, coding.dataset) == ("latency", 12, "digits")
+    assert coding.decoder == DecoderSpec("spike_count", 1.0) and coding.binary
+    empty = Coding()
+    assert (empty.encoding, empty.steps, empty.to_dict()) == ("rate", 32, {})
+    assert not Coding.of(encoding="direct").binary
+    for bad, match in (({"steps": 2.5}, "m.nir: steps must be a whole number"),
+                       ({"steps": 0}, "m.nir: steps must be a whole number"),
+                       ({"dataset": 3}, "m.nir: dataset must be text"),
+                       ({"decoder": "first_spike", "decoder_beta": 0.0}, "m.nir: decoder beta"),
+                       ([1, 2], "m.nir is \\[1, 2\\], not a group of values")):
+        with pytest.raises(UserError, match=match):
+            Coding.read(bad, where="m.nir")

@@ -18,8 +18,11 @@ from snn_deploy.attack.base import AttackSettings, FrozenEncoder
 from snn_deploy.attack.sources import make_source
 from snn_deploy.coding import (
     FUSION_PARTS,
+    Coding,
+    DecoderSpec,
     burst_first_encode,
     channels,
+    decoder_predict,
     encode,
     encode_with_uniforms,
     encoded_width,
@@ -38,7 +41,6 @@ from snn_deploy.quantize.fixed_point import quantize_network
 from snn_deploy.run.membrane import MembraneEmulator
 from snn_deploy.run.twin import EmulatorTwin
 from snn_deploy.targets import load_target
-from snn_deploy.train.decoding import DecoderSpec, decoder_predict
 from snn_deploy.train.init import SILENT_BELOW, wake_silent_layers
 from snn_deploy.train.model import LIFNetwork, ModelConfig, save_checkpoint
 from snn_deploy.train.perturbed import encode_straight_through
@@ -159,10 +161,12 @@ def test_decoder_and_beta_travel_to_the_deployment(decoded):
     for name, beta in (("first_spike", 0.5), ("max_membrane", 4.0)):
         assert decoded[name]["result"].test_accuracy > 0.4, name  # chance is 0.1
         coding = load_target(decoded[name]["deployment"]).coding
-        assert DecoderSpec.of(coding) == DecoderSpec(name, beta)
-    assert load_target(decoded["max_membrane"]["deployment"]).coding["encoding"] == "fusion"
-    with pytest.raises(UserError, match="unknown decoder"):
-        DecoderSpec.of({"decoder": "max_voltage"})
+        assert coding.decoder == DecoderSpec(name, beta)
+    assert load_target(decoded["max_membrane"]["deployment"]).coding.encoding == "fusion"
+    with pytest.raises(UserError, match="file.nir: unknown decoder 'max_voltage'"):
+        Coding.read({"decoder": "max_voltage"}, where="file.nir")
+    with pytest.raises(UserError, match="file.nir: decoder beta must be finite and > 0"):
+        Coding.read({"decoder": "first_spike", "decoder_beta": -1.0}, where="file.nir")
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from snn_deploy.coding import Coding
 from snn_deploy.quantize.deployment import (
     Deployment,
     QuantLayer,
@@ -103,7 +104,7 @@ def test_emulator_equals_lava_state_for_state_on_a_busy_network():
                    bias_exp=np.zeros(4, np.int32), scale=1.0, stats=NO_STATS),
     )
     dep = Deployment(profile=PROFILE, layers=layers, input_size=5, input_scale=1, dt=1e-3,
-                     coding={}, source_sha256="", source_nir=b"", calibration="")
+                     coding=Coding(), source_sha256="", source_nir=b"", calibration="")
     x = (rng.random((12, 3, 5)) < 0.7).astype(np.float32)
     assert assert_equal_to_lava(dep, x) > 20
     traces = run_layers(dep, torch.from_numpy(x), record_state=True)
@@ -171,7 +172,7 @@ def test_emulator_equals_lava_when_u_leaves_the_24_bit_range():
         weight_exp=7, sign_mode="mixed", num_weight_bits=8, num_message_bits=8, du=0, dv=0, vth=0,
         bias_mant=np.zeros(1, np.int32), bias_exp=np.zeros(1, np.int32), scale=1.0, stats=NO_STATS)
     dep = Deployment(profile=PROFILE, layers=(layer,), input_size=6, input_scale=255, dt=1e-3,
-                     coding={}, source_sha256="", source_nir=b"", calibration="")
+                     coding=Coding(), source_sha256="", source_nir=b"", calibration="")
     x = np.random.default_rng(3).random((8, 2, 6)).astype(np.float32)
     assert_equal_to_lava(dep, x)
     traces = run_layers(dep, torch.from_numpy(x), record_state=True)
@@ -194,7 +195,7 @@ def _recurrent_deployment(rng) -> Deployment:
         recurrent=RecurrentSynapse(weights=np.full((3, 3), 120, np.int32), weight_exp=1,
                                    sign_mode="excitatory", num_weight_bits=8))
     return Deployment(profile=PROFILE, layers=(hidden, out), input_size=4, input_scale=1, dt=1e-3,
-                      coding={}, source_sha256="", source_nir=b"", calibration="")
+                      coding=Coding(), source_sha256="", source_nir=b"", calibration="")
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
@@ -212,7 +213,7 @@ def test_recurrent_layers_start_from_rest_with_short_samples_on_lava(steps):
                             sign_mode="excitatory", num_weight_bits=8)
     dep = Deployment(profile=PROFILE, layers=(layer("a", 3, 3), layer("b", 3, 3),
                                               layer("c", 3, 2, bias=100, vth=150, rec=loop)),
-                     input_size=3, input_scale=1, dt=1e-3, coding={}, source_sha256="",
+                     input_size=3, input_scale=1, dt=1e-3, coding=Coding(), source_sha256="",
                      source_nir=b"", calibration="")
     x = np.zeros((steps, 3, 3), np.float32)
     assert_equal_to_lava(dep, x)
@@ -250,7 +251,7 @@ def test_graded_levels_round_as_lava_does():
         sign_mode="mixed", num_weight_bits=8, num_message_bits=8, du=100, dv=100, vth=40,
         bias_mant=np.zeros(2, np.int32), bias_exp=np.zeros(2, np.int32), scale=1.0, stats=NO_STATS)
     dep = Deployment(profile=PROFILE, layers=(layer,), input_size=3, input_scale=255, dt=1e-3,
-                     coding={}, source_sha256="", source_nir=b"", calibration="")
+                     coding=Coding(), source_sha256="", source_nir=b"", calibration="")
     x = np.full((6, 2, 3), 0.9, np.float32)
     np.testing.assert_array_equal(input_levels(dep, torch.from_numpy(x))[0, 0].numpy(),
                                   input_to_lava(dep, x)[:, 0])

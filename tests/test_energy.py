@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from snn_deploy.coding import Coding
 from snn_deploy.data import Split
 from snn_deploy.evaluate.accuracy import encoded_batches, evaluate_target
 from snn_deploy.evaluate.counts import activity
@@ -29,7 +30,7 @@ from snn_deploy.quantize.deployment import (
     save_deployment,
 )
 from snn_deploy.run.emulator import run_emulator
-from snn_deploy.targets import Target, load_target
+from snn_deploy.targets import NirGraph, Target, load_target
 
 from tests.factories import random_network
 
@@ -59,7 +60,7 @@ def tiny_deployment(profile: str = "loihi1") -> Deployment:
     return Deployment(profile=load_profile(profile),
                       layers=(_layer("a", [[254, 0], [254, 254]]), _layer("b", [[254, 0]], loop)),
                       input_size=2, input_scale=1, dt=1e-3,
-                      coding={"encoding": "rate", "steps": STEPS}, source_sha256="",
+                      coding=Coding.of(encoding="rate", steps=STEPS), source_sha256="",
                       source_nir=b"", calibration="none")
 
 
@@ -211,7 +212,7 @@ def test_evaluate_reports_energy_with_the_deployments_profile_or_the_given_one(t
 
 def test_float_backend_has_no_energy_unless_a_profile_is_given():
     net = random_network([2, 3, 2], seed=0, steps=STEPS)
-    target = Target(path=Path("net.nir"), kind="nir", sha256="", network=net)
+    target = Target(path=Path("net.nir"), sha256="", model=NirGraph(net))
     ev = evaluate_target(target, _tiny_split(), backend="float", seed=0)
     plain = evaluation_report(ev, target=target, dataset="tiny")
     assert plain["energy_per_sample_nj"] is None and plain["energy_basis"] is None

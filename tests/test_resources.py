@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from snn_deploy.coding import Coding
 from snn_deploy.errors import ProfileError
 from snn_deploy.evaluate.resources import format_resources, resources
 from snn_deploy.profiles import LIMIT_KEYS, available_profiles, load_profile, parse_profile
@@ -40,7 +41,7 @@ def layer(weights, *, name: str, bits: int = 8, recurrent: RecurrentSynapse | No
 
 def deployment(*layers: QuantLayer) -> Deployment:
     return Deployment(profile=load_profile("loihi2"), layers=layers,
-                      input_size=layers[0].weights.shape[1], input_scale=1, dt=1e-3, coding={},
+                      input_size=layers[0].weights.shape[1], input_scale=1, dt=1e-3, coding=Coding(),
                       source_sha256="", source_nir=b"", calibration="none")
 
 

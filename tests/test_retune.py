@@ -21,7 +21,7 @@ from snn_deploy.quantize.deployment import (
 )
 from snn_deploy.quantize.fidelity import fidelity, format_fidelity
 from snn_deploy.quantize.finetune import Adversary
-from snn_deploy.quantize.fixed_point import lava_dense_grid
+from snn_deploy.quantize.dense_grid import lava_dense_grid
 from snn_deploy.quantize.retune import Simulators, check_bounds, retune
 from snn_deploy.run.emulator import run_emulator
 from snn_deploy.run.float_backend import run_float
@@ -71,7 +71,7 @@ def test_rate_brings_every_layer_closer_to_the_float_rates(misscaled, data):
 
 def test_rate_keeps_thresholds_that_already_match(dep, data):
     x = data[0]
-    spikes = encode(x, encoding="rate", steps=int(dep.coding["steps"]), seed=0)
+    spikes = encode(x, encoding="rate", steps=dep.coding.steps, seed=0)
     own = [float(c.mean()) / spikes.shape[0] for c in run_emulator(dep, spikes).counts]
     result = retune(dep, mode="rate", x=x, y=None, simulators=SIMULATORS, float_rates=own)
     assert [c.vth_after for c in result.layers] == [layer.vth for layer in dep.layers]
@@ -91,7 +91,7 @@ def test_grad_repairs_the_misscaled_deployment(grad_result, dep, data):
     assert grad_result.accuracy_after > grad_result.accuracy_before + 0.05, grad_result.history
     # measured again, independently, on the emulator
     x, y = data
-    spikes = encode(x, encoding="rate", steps=int(dep.coding["steps"]), seed=3)  # retune's seed
+    spikes = encode(x, encoding="rate", steps=dep.coding.steps, seed=3)  # retune's seed
     out = run_emulator(grad_result.deployment, spikes).counts[-1].argmax(axis=1)
     assert float((out == y.numpy()).mean()) == grad_result.accuracy_after
 
@@ -124,7 +124,7 @@ def test_retuned_deployment_runs_identically_on_lava(grad_result, digits):
     from snn_deploy.run.lava_sim import run_lava_sim
 
     tuned = grad_result.deployment
-    spikes = encode(digits.x_test[:16], encoding="rate", steps=int(tuned.coding["steps"]), seed=5)
+    spikes = encode(digits.x_test[:16], encoding="rate", steps=tuned.coding.steps, seed=5)
     emulated = run_emulator(tuned, spikes)
     lava = run_lava_sim(tuned, spikes.numpy())
     for k, (a, b) in enumerate(zip(emulated.counts, lava.counts)):
@@ -185,7 +185,7 @@ def test_rate_without_float_reference_is_refused(dep, data):
 
 def test_fidelity_report(dep, misscaled, digits):
     net = graph_to_network(read_nir_bytes(dep.source_nir, origin="deployment"))
-    spikes = encode(digits.x_test[:128], encoding="rate", steps=int(dep.coding["steps"]), seed=1)
+    spikes = encode(digits.x_test[:128], encoding="rate", steps=dep.coding.steps, seed=1)
     floats = run_float(net, spikes).recording.counts
     report = fidelity(dep, net, float_counts=floats, fixed_counts=run_emulator(dep, spikes).counts,
                       steps=spikes.shape[0])

@@ -11,14 +11,13 @@ import pytest
 import torch
 from norse.torch.functional.lif import LIFFeedForwardState, LIFState, lif_feed_forward_step, lif_step
 from snn_deploy import api
-from snn_deploy.coding import encode
+from snn_deploy.coding import encode, first_spike_times
 from snn_deploy.convert.nirfile import read_nir
 from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.evaluate.stability import graph_perturbation_ms
 from snn_deploy.run.float_backend import run_float
 from snn_deploy.train import model as model_mod
-from snn_deploy.train.decoding import first_spike_times
 from snn_deploy.train.model import LIFNetwork, ModelConfig, load_checkpoint, save_checkpoint
 from snn_deploy.train.perturbed import adversarial_values, encode_straight_through
 from snn_deploy.train.rules import RULES, fixed_feedback
@@ -186,7 +185,7 @@ def test_first_spike_loss_trains_and_records_its_decoder(tmp_path):
     assert payload["config"]["decoder_beta"] == 0.5
     api.export(tmp_path / "fs.pt", tmp_path / "fs.nir")
     coding = graph_to_network(read_nir(tmp_path / "fs.nir")).coding
-    assert coding["decoder"] == "first_spike" and coding["decoder_beta"] == 0.5
+    assert coding.decoder.name == "first_spike" and coding.decoder.beta == 0.5
 
 
 def test_checkpoints_without_new_keys_load_and_unknown_decoders_are_refused():

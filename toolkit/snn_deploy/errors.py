@@ -67,3 +67,9 @@ def terminate_raises(*, only_default: bool = False) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def brief(value: object) -> str:
+    """A value from a file as one short line for a message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."

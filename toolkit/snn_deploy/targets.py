@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
+from typing import ClassVar, Union
 
 import h5py
 
+from snn_deploy.coding import Coding
 from snn_deploy.convert.nirfile import read_nir, read_nir_bytes
 from snn_deploy.convert.nirgraph import FloatNetwork, graph_to_network
 from snn_deploy.errors import InputFileError, UserError
@@ -18,24 +20,87 @@ from snn_deploy.train.model import LIFNetwork, checkpoint_kind, lif_from_payload
 
 
 @dataclasses.dataclass(frozen=True)
+class LifCheckpoint:
+    """A Norse LIF network saved by ``snn-deploy train`` (.pt)."""
+
+    model: LIFNetwork
+    kind: ClassVar[str] = "checkpoint"
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnCheckpoint:
+    """A ReLU network saved by ``snn-deploy train-ann`` (.pt): it reads values, not spikes."""
+
+    model: AnnNetwork
+    kind: ClassVar[str] = ANN_KIND
+
+
+@dataclasses.dataclass(frozen=True)
+class NirGraph:
+    """A NIR graph (.nir), read as the float backend's layer chain."""
+
+    network: FloatNetwork
+    kind: ClassVar[str] = "nir"
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentFile:
+    """A Deployment (.deploy.h5) with the NIR graph it was made from, which it carries (None for
+    one imported from lava-dl netx)."""
+
+    deployment: Deployment
+    source: FloatNetwork | None
+    kind: ClassVar[str] = "deployment"
+
+
+Model = Union[LifCheckpoint, AnnCheckpoint, NirGraph, DeploymentFile]
+
+
+@dataclasses.dataclass(frozen=True)
 class Target:
-    """A loaded model file. Exactly one of ``checkpoint``, ``ann``, ``network`` and ``deployment``
-    is the file itself; a Deployment also carries its source graph as ``network``."""
+    """A loaded model file: its path, SHA-256 and what it holds (one of the ``Model`` kinds)."""
 
     path: Path
-    kind: str  # "checkpoint" (LIF) | "ann" | "nir" | "deployment"
     sha256: str
-    checkpoint: LIFNetwork | None = None
-    network: FloatNetwork | None = None
-    deployment: Deployment | None = None
-    ann: AnnNetwork | None = None
+    model: Model
+
+    @property
+    def kind(self) -> str:
+        """"checkpoint" (LIF) | "ann" | "nir" | "deployment", as reports name it."""
+        return self.model.kind
+
+    @property
+    def checkpoint(self) -> LIFNetwork | None:
+        return self.model.model if isinstance(self.model, LifCheckpoint) else None
+
+    @property
+    def ann(self) -> AnnNetwork | None:
+        return self.model.model if isinstance(self.model, AnnCheckpoint) else None
+
+    @property
+    def deployment(self) -> Deployment | None:
+        return self.model.deployment if isinstance(self.model, DeploymentFile) else None
+
+    @property
+    def network(self) -> FloatNetwork | None:
+        """The NIR layer chain: the graph file itself, or the graph a Deployment carries."""
+        match self.model:
+            case NirGraph(network=network) | DeploymentFile(source=network):
+                return network
+        return None
+
+    @property
+    def float_model(self) -> LIFNetwork | FloatNetwork | None:
+        """What the float backend runs: the LIF checkpoint's Norse model, else the NIR graph."""
+        return self.checkpoint if self.checkpoint is not None else self.network
 
     def require_deployment(self) -> Deployment:
         if self.deployment is None:
+            ann = isinstance(self.model, AnnCheckpoint)
             how = ("convert it with `snn-deploy convert ANN.pt --out M.nir`, then make one with"
-                   if self.ann is not None else "make one with")
+                   if ann else "make one with")
             raise UserError(
-                f"{self.path} is {'an ANN checkpoint' if self.ann is not None else 'a ' + self.kind},"
+                f"{self.path} is {'an ANN checkpoint' if ann else 'a ' + self.kind},"
                 f" not a Deployment: {how} `snn-deploy deploy MODEL.nir --profile loihi2"
                 " --out M.deploy.h5`"
             )
@@ -44,35 +109,34 @@ class Target:
     def require_network(self) -> FloatNetwork:
         if self.network is None:
             why = ("an ANN, not a NIR graph: convert it with `snn-deploy convert`"
-                   if self.ann is not None else
+                   if isinstance(self.model, AnnCheckpoint) else
                    f"a {self.kind} without a NIR source graph (imported from netx?)")
             raise UserError(f"{self.path} is {why}: the float backend has no SNN to run")
         return self.network
 
     @property
     def input_size(self) -> int:
-        if self.checkpoint is not None:
-            return self.checkpoint.config.input_size
-        if self.ann is not None:
-            return self.ann.config.n_inputs
-        if self.deployment is not None:
-            return self.deployment.input_size
+        match self.model:
+            case LifCheckpoint(model=lif):
+                return lif.config.input_size
+            case AnnCheckpoint(model=ann):
+                return ann.config.n_inputs
+            case DeploymentFile(deployment=dep):
+                return dep.input_size
         return self.require_network().input_size
 
     @property
-    def coding(self) -> dict:
-        if self.checkpoint is not None:
-            cfg = self.checkpoint.config
-            coding = {"encoding": cfg.encoding, "steps": cfg.steps, "dataset": cfg.dataset,
-                      "decoder": cfg.decoder}
-            if cfg.decoder != "spike_count":  # the same keys as the exported graph's metadata
-                coding["decoder_beta"] = cfg.decoder_beta
-            return coding
-        if self.ann is not None:  # an ANN reads the values themselves, once
-            return {"encoding": "none", "steps": 1, "dataset": self.ann.config.dataset}
-        if self.deployment is not None:
-            return dict(self.deployment.coding)
-        return dict(self.network.coding) if self.network is not None else {}
+    def coding(self) -> Coding:
+        match self.model:
+            case LifCheckpoint(model=lif):
+                return lif.config.coding  # the entries its exported graph records
+            case AnnCheckpoint(model=ann):  # an ANN reads the values themselves, once
+                return Coding.of(encoding="none", steps=1, dataset=ann.config.dataset)
+            case DeploymentFile(deployment=dep):
+                return dep.coding
+            case NirGraph(network=network):
+                return network.coding
+        raise TypeError(f"not a model kind: {self.model!r}")
 
 
 def sha256_file(path: Path) -> str:
@@ -110,16 +174,13 @@ def load_target(path: str | Path, *, dt: float | None = None) -> Target:
     if kind == "checkpoint":
         payload = read_checkpoint(path)
         if checkpoint_kind(payload) == ANN_KIND:
-            return Target(path=path, kind=ANN_KIND, sha256=digest,
-                          ann=ann_from_payload(payload, path))
-        return Target(path=path, kind=kind, sha256=digest,
-                      checkpoint=lif_from_payload(payload, path))
+            return Target(path, digest, AnnCheckpoint(ann_from_payload(payload, path)))
+        return Target(path, digest, LifCheckpoint(lif_from_payload(payload, path)))
     if kind == "nir":
-        graph_net = graph_to_network(read_nir(path), dt=dt)
-        return Target(path=path, kind=kind, sha256=digest, network=graph_net)
+        return Target(path, digest, NirGraph(graph_to_network(read_nir(path), dt=dt)))
     deployment = load_deployment(path)
     network: FloatNetwork | None = None
     if deployment.source_nir:  # empty for deployments imported from lava-dl netx
         graph = read_nir_bytes(deployment.source_nir, origin=f"{path}:source_nir")
         network = graph_to_network(graph, dt=deployment.dt)
-    return Target(path=path, kind=kind, sha256=digest, deployment=deployment, network=network)
+    return Target(path, digest, DeploymentFile(deployment, source=network))

@@ -36,7 +36,7 @@ def calibration_input(network: FloatNetwork, *, dataset: str | None, calibration
     graded (direct-coded) input.
     """
     coding = network.coding
-    encoding, steps = str(coding.get("encoding", "rate")), int(coding.get("steps", 32))
+    encoding, steps = coding.encoding, coding.steps
     if dataset is not None and calibration is not None:
         raise UserError("give --dataset or --calibration, not both")
     shape = network.shape

@@ -127,7 +127,7 @@ def deploy(nir_path: str | Path, *, profile: str, dt: float | None = None,
     prof = load_profile(profile)
     nir_path = Path(nir_path)
     network = graph_to_network(read_nir(nir_path), dt=dt)
-    decoder = str(network.coding.get("decoder", "spike_count"))
+    decoder = network.coding.decoder.name
     if retune_mode in ("grad", "robust") and decoder != "spike_count":
         raise UserError(f"--retune {retune_mode} trains on the spike-count decoder's loss, but this"
                         f" graph is read out by {decoder}: use --retune rate or none")
@@ -158,7 +158,7 @@ def _quantize(network: FloatNetwork, prof: Profile, *, source: bytes, x: torch.T
         how = f"{how}: {x.shape[1]} samples x {x.shape[0]} steps, seed {seed}"
     else:
         u_peaks, how = None, "weights only (worst-case current bound)"
-    encoding = str(network.coding.get("encoding", "rate"))
+    encoding = network.coding.encoding
     effect = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -79,7 +79,7 @@ def evaluate(model: str | Path, *, backend: str = "float", device: str = "cpu",
     noise = Perturbation.parse(perturbation) if perturbation else None
     select_host(backend, partition, board)
     target = load_target(model, dt=dt)
-    name = dataset or str(target.coding.get("dataset", "digits"))
+    name = dataset or target.coding.dataset
     split = load_dataset(name)
     ev = evaluate_target(target, split, backend=backend, limit=limit, steps=steps, seed=seed,
                          device=check_device(device), on_progress=on_progress)

@@ -129,7 +129,7 @@ def attack(model: str | Path, *, backend: str = "emulator", attacks: Sequence[st
                               step_size=step_size, eot=eot, queries=queries, seed=seed)
     target = load_target(model)
     target.require_deployment()
-    name = dataset or str(target.coding.get("dataset", "digits"))
+    name = dataset or target.coding.dataset
     specs = source_specs(sources, surrogates, width=width, ensemble=ensemble)
     ev = Evaluator(target, load_dataset(name), backend=backend, limit=limit, seed=seed,
                    device=check_device(device),

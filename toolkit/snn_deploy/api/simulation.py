@@ -13,7 +13,6 @@ import torch
 
 from snn_deploy.api.common import check_device, select_host
 from snn_deploy.api.inputs import load_npy, time_major
-from snn_deploy.coding import BINARY_ENCODINGS
 from snn_deploy.errors import UserError
 from snn_deploy.fileio import atomic_path
 
@@ -55,7 +54,7 @@ def run(model: str | Path, *, input_path: str | Path, backend: str, device: str 
     shape = target.network.shape if target.network is not None else (target.input_size,)
     x3, single = time_major(x, shape, what=str(input_path))
     graded = (target.deployment.input_scale > 1) if target.deployment is not None else \
-        str(target.coding.get("encoding", "rate")) not in BINARY_ENCODINGS
+        not target.coding.binary
     if not graded and not np.isin(x3, (0, 1)).all():
         raise UserError(f"{input_path}: this model takes spikes, but the input holds values other"
                         " than 0 and 1")

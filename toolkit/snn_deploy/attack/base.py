@@ -163,7 +163,7 @@ class AttackContext:
 
 def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B,) bool: the decoder no longer predicts y. Its argmax breaks ties towards the lowest class
-    index (``train.decoding.decoder_predict``), so a tie with a class above y still counts as
+    index (``coding.decoder_predict``), so a tie with a class above y still counts as
     correct: ``margin <= 0`` alone would stop an attack at a point that is no adversarial example
     (spike counts tie often)."""
     return logits.argmax(dim=1) != y

@@ -1,5 +1,5 @@
 """Gradient sources: differentiable stand-ins for a Deployment, each mapping encoder output
-(T, B, n) to (B, C) logits of the Deployment's own output decoder (``train.decoding``):
+(T, B, n) to (B, C) logits of the Deployment's own output decoder (``coding``):
 
     spike_count   z = sum_t s_out,t
     first_spike   z = -beta * t_first, the soft first-spike time of the output spikes (equal to the
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import torch
 
+from snn_deploy.coding import DecoderSpec
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
-from snn_deploy.run.emulator import lava_weights
+from snn_deploy.run.layer_constants import lava_weights
 from snn_deploy.run.float_backend import LayerParams, float_loop
 from snn_deploy.run.twin import SURROGATES, EmulatorTwin, surrogate_spike
 from snn_deploy.targets import Target
-from snn_deploy.train.decoding import DecoderSpec
 
 SOURCE_KINDS = ("twin", "bptr", "float")
 
@@ -114,7 +114,7 @@ def make_source(kind: str, target: Target, *, surrogate: str = "fast_sigmoid",
     if surrogate not in SURROGATES:
         raise UserError(f"unknown surrogate {surrogate!r}: choose from {', '.join(SURROGATES)}")
     dep = target.require_deployment()
-    decoder = DecoderSpec.of(dep.coding)
+    decoder = dep.coding.decoder
     if kind == "twin":
         return TwinSource(dep, surrogate=surrogate, width=width, decoder=decoder)
     if kind == "bptr":

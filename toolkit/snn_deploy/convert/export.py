@@ -81,13 +81,10 @@ def model_to_nir(model: LIFNetwork) -> nir.NIRGraph:
         loop = f"{neuron}_rec"
         nodes[loop] = nir.Linear(weight=_as_array(rec.weight))
         edges += [(neuron, loop), (loop, neuron)]
-    coding = {"encoding": cfg.encoding, "steps": cfg.steps, "dataset": cfg.dataset,
-              "decoder": cfg.decoder}
-    if cfg.decoder != "spike_count":  # first_spike, max_membrane: their logits' scale
-        coding["decoder_beta"] = cfg.decoder_beta
     metadata = {
         "dt": cfg.dt,
-        "snn_deploy": {**coding, "writer": "snn-deploy (norse 1.1.0 to_nir, repaired)"},
+        "snn_deploy": {**cfg.coding.to_dict(),
+                       "writer": "snn-deploy (norse 1.1.0 to_nir, repaired)"},
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 

@@ -1,5 +1,5 @@
-"""NIR files read as untrusted input (convert stage): the graph, and the coding our writers record
-in its metadata, each value checked before it is used.
+"""NIR files read as untrusted input (convert stage), each value checked before it is used (the
+coding our writers record in the metadata is checked by ``coding.Coding.read``).
 
 ``read_nir`` checks the HDF5 structure first (``hdf5_limits.check_declared_sizes``: no links or
 storage outside the file, bounded sizes), then that every node parameter is numeric, then lets
@@ -9,16 +9,13 @@ storage outside the file, bounded sizes), then that every node parameter is nume
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import h5py
 import nir
-import numpy as np
 
-from snn_deploy.bounds import MAX_STEPS
 from snn_deploy.convert.lowering import not_numbers
-from snn_deploy.errors import InputFileError, UserError
+from snn_deploy.errors import InputFileError
 from snn_deploy.hdf5_limits import check_declared_sizes
 
 # NIR fields written as text (nir.write): a node's type, a graph's edges, a convolution's padding
@@ -81,48 +78,3 @@ def _read(source: Path | io.BytesIO, *, origin: str) -> nir.NIRGraph:
     if not isinstance(graph, nir.NIRGraph):
         raise InputFileError(f"{origin} holds a single NIR node, not a graph")
     return graph
-
-
-def brief(value: object) -> str:
-    """A value from a file as one short line for a message."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _number(value: object) -> float | None:
-    """A single finite number from a file's metadata, else None."""
-    arr = np.asarray(value) if not isinstance(value, dict) else np.asarray(None)
-    if arr.size != 1 or arr.dtype.kind not in "iuf":
-        return None
-    number = float(arr.reshape(-1)[0])
-    return number if math.isfinite(number) else None
-
-
-# Coding metadata our writers record as text (convert.export, convert.ann_to_snn).
-CODING_TEXT_KEYS = ("encoding", "dataset", "decoder")
-
-
-def read_coding(raw: object, *, where: str) -> dict:
-    """An input coding read from a file (a NIR graph's ``metadata["snn_deploy"]``, a Deployment's
-    coding), its values checked: ``steps`` a whole number in 1..MAX_STEPS, ``decoder_beta`` a
-    finite number, names text. ``where`` names the coding in the one-line UserError."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{where} is {brief(raw)}, not a group of values")
-    coding = {}
-    for key, value in raw.items():
-        value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-        number = _number(value)
-        what = f"{where}: {key}"
-        if key == "steps":
-            if number is None or number != round(number) or not 1 <= number <= MAX_STEPS:
-                raise UserError(f"{what} must be a whole number in 1..{MAX_STEPS}, got"
-                                f" {brief(value)}")
-            value = int(number)
-        elif key == "decoder_beta":
-            if number is None:
-                raise UserError(f"{what} must be a finite number, got {brief(value)}")
-            value = number
-        elif key in CODING_TEXT_KEYS and not isinstance(value, str):
-            raise UserError(f"{what} must be text, got {brief(value)}")
-        coding[key] = value
-    return coding

@@ -32,6 +32,7 @@ import math
 import nir
 import numpy as np
 
+from snn_deploy.coding import Coding
 from snn_deploy.convert.lowering import (
     LINEAR_TYPES,
     MAX_DENSE_ELEMENTS,
@@ -40,8 +41,7 @@ from snn_deploy.convert.lowering import (
     float_array,
     inline_subgraphs,
 )
-from snn_deploy.convert.nirfile import brief, read_coding
-from snn_deploy.errors import UnsupportedNode, UserError
+from snn_deploy.errors import UnsupportedNode, UserError, brief
 
 SYNAPSE_TYPES = ("Affine", "Linear")  # what a recurrent synapse may be
 NEURON_TYPES = ("CubaLIF", "LIF", "IF", "Threshold")
@@ -117,7 +117,7 @@ class FloatNetwork:
     dt: float
     input_size: int
     layers: tuple[FloatLayer, ...]
-    coding: dict
+    coding: Coding
     input_shape: tuple[int, ...] = ()  # NIR's (channel-first) input shape; () means (input_size,)
     notes: tuple[str, ...] = ()  # how the import read the writer's conventions
 
@@ -368,8 +368,8 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
     _check_types(graph)
     notes: list[str] = []
     step = _graph_dt(graph, dt, notes)
-    coding = read_coding((graph.metadata or {}).get("snn_deploy", {}),
-                         where="the NIR graph's metadata snn_deploy")
+    coding = Coding.read((graph.metadata or {}).get("snn_deploy", {}),
+                          where="the NIR graph's metadata snn_deploy")
     first, chain, loops = _chain(graph)
     in_shape = _input_shape(first, graph.nodes[first])
     shape = in_shape

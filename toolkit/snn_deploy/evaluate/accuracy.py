@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Union
 
 import numpy as np
 import torch
 
 from snn_deploy.bounds import MAX_STEPS
-from snn_deploy.coding import encode, encoded_width
+from snn_deploy.coding import MEMBRANE_DECODERS, DecoderSpec, decoder_predict, encode, encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity
@@ -18,7 +18,6 @@ from snn_deploy.run.backends import BACKENDS, DEPLOYED_BACKENDS, Backend, FloatB
 from snn_deploy.run.recording import OnChipMeasurement, Recording
 from snn_deploy.targets import Target
 from snn_deploy.train.ann import neuron_activations
-from snn_deploy.train.decoding import DECODERS, MEMBRANE_DECODERS, DecoderSpec, decoder_predict
 
 BATCH = 512  # samples per streamed batch and per encoder chunk
 MAX_INPUT_GB = 4.0  # encoded input is held in memory whole (float32)
@@ -64,17 +63,27 @@ def open_backend(target: Target, backend: str, *, device: str = "cpu") -> Backen
                         " `snn-deploy convert`")
     if backend in DEPLOYED_BACKENDS:
         return BACKENDS[backend](target.require_deployment(), device=device)
-    model = target.checkpoint if target.checkpoint is not None else target.require_network()
-    return FloatBackend(model, device=device)
+    model = target.float_model
+    return FloatBackend(model if model is not None else target.require_network(), device=device)
 
 
-def run_backend(target: Target, backend: str, batches: Iterable[torch.Tensor], *,
+# A backend opened on the target (``open_backend``), or a name of ``run.backends.BACKENDS`` that
+# ``backend_of`` opens on it: evaluate and attack take either.
+BackendRef = Union[Backend, str]
+
+
+def backend_of(target: Target, backend: BackendRef, *, device: str = "cpu") -> Backend:
+    """``backend`` itself, or the named backend opened on ``target``."""
+    return open_backend(target, backend, device=device) if isinstance(backend, str) else backend
+
+
+def run_backend(target: Target, backend: BackendRef, batches: Iterable[torch.Tensor], *,
                 device: str = "cpu", total: int | None = None,
                 on_progress: Progress | None = None, membrane: bool = False) -> Recording:
     """Run consecutive (T, B, n) input batches of ``target`` on a backend, as one stream of
     samples (``Backend.run``); ``membrane``: also record the output layer's pre-reset membrane
     (``Recording.membrane``, the max-membrane decoder's input; not on loihi2)."""
-    return open_backend(target, backend, device=device).run(
+    return backend_of(target, backend, device=device).run(
         batches, record=Record(membrane=membrane), total=total, on_progress=on_progress)
 
 
@@ -118,7 +127,7 @@ def _samples(target: Target, split: Split, *, part: str, limit: int | None
     """The (N, n) inputs and (N,) labels of a split part, the first ``limit`` of them if given."""
     x, y = split.part(part)
     width = target.input_size
-    encoding = str(target.coding.get("encoding", "rate"))
+    encoding = target.coding.encoding
     if encoded_width(encoding, x.shape[1]) != width:
         how = "" if encoded_width(encoding, 1) == 1 else f" ({encoding} coding stacks" \
             f" {encoded_width(encoding, 1)} channels per value)"
@@ -170,24 +179,26 @@ def evaluate_ann(target: Target, split: Split, *, part: str = "test", limit: int
     )
 
 
-def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "test",
+def evaluate_target(target: Target, split: Split, *, backend: BackendRef, part: str = "test",
                     limit: int | None = None, steps: int | None = None, seed: int = 0,
                     device: str = "cpu", on_progress: Progress | None = None) -> Evaluation:
     """Encode the split with the model's coding, run it on the backend, score it.
 
     float and emulator stream batches of ``BATCH`` samples (bounded memory); lava-sim runs all
     samples in one Lava run. Encoding is seeded per fixed chunk, so every backend sees identical
-    input spikes.
+    input spikes. ``backend``: one opened on the target, or its name.
     """
-    check_backend(target, backend)
     if target.ann is not None:
+        check_backend(target, backend if isinstance(backend, str) else backend.name)
         return evaluate_ann(target, split, part=part, limit=limit, steps=steps, seed=seed,
                             device=device, on_progress=on_progress)
     coding = target.coding
-    encoding = str(coding.get("encoding", "rate"))
-    steps = int(steps if steps is not None else coding.get("steps", 32))
+    encoding = coding.encoding
+    steps = steps if steps is not None else coding.steps
     if not 1 <= steps <= MAX_STEPS:
         raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
+    runner = backend_of(target, backend, device=device)
+    backend = runner.name
     x, y = _samples(target, split, part=part, limit=limit)
     held = x.shape[0] if backend == "lava-sim" else min(x.shape[0], BATCH)  # samples in memory
     gigabytes = steps * held * x.shape[1] * 4 / 1e9
@@ -203,13 +214,10 @@ def evaluate_target(target: Target, split: Split, *, backend: str, part: str = "
             events_parts.append((xb != 0).sum(dim=0).to(torch.int64).numpy())
             yield xb
 
-    decoder = str(coding.get("decoder", "spike_count"))
-    if decoder not in DECODERS:
-        raise UserError(f"{target.path}: unknown decoder {decoder!r} in its coding (known:"
-                        f" {', '.join(DECODERS)})")
+    decoder = coding.decoder.name  # a known one: Coding.read checked it
     started = time.perf_counter()
-    recording = run_backend(target, backend, counted(), device=device, total=len(x),
-                            on_progress=on_progress, membrane=decoder in MEMBRANE_DECODERS)
+    recording = runner.run(counted(), record=Record(membrane=decoder in MEMBRANE_DECODERS),
+                           total=len(x), on_progress=on_progress)
     wall = time.perf_counter() - started
     predictions = recording_predictions(recording, decoder)
     events = np.concatenate(events_parts)

@@ -7,7 +7,7 @@ larger ball, so the figure is a per-sample worst case over the sweep and never r
 per-attack, per-eps share before that accumulation is kept as ``attack_accuracy`` for the checks.
 
 Every prediction (clean, adversarial, the float graph's, the query oracle's scores) is read with the
-Deployment's own output decoder (``train.decoding``: spike count, first-spike time or maximum
+Deployment's own output decoder (``coding``: spike count, first-spike time or maximum
 membrane); for a membrane decoder the backend records the output layer's pre-reset membrane
 (run/membrane.py; on lava-sim from Lava's u and v every step).
 """
@@ -28,7 +28,8 @@ from snn_deploy.attack.sources import make_source
 from snn_deploy.coding import encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
-from snn_deploy.evaluate.accuracy import _synapses, recording_logits, recording_predictions, run_backend
+from snn_deploy.evaluate.accuracy import (BackendRef, _synapses, backend_of, recording_logits,
+                                          recording_predictions, run_backend)
 from snn_deploy.evaluate.counts import ActivityCounts, activity
 from snn_deploy.evaluate.energy import Energy, price
 from snn_deploy.profiles import Profile
@@ -37,7 +38,6 @@ from snn_deploy.run.emulator import run_emulator
 from snn_deploy.run.membrane import MembraneEmulator
 from snn_deploy.run.recording import Recording
 from snn_deploy.targets import Target
-from snn_deploy.train.decoding import DecoderSpec
 
 Progress = Callable[[str], None]
 
@@ -112,25 +112,22 @@ class Robustness:
 class Evaluator:
     """Holds what a sweep needs: the target, the frozen encoder, the data and the backend."""
 
-    def __init__(self, target: Target, split: Split, *, backend: str, limit: int | None,
+    def __init__(self, target: Target, split: Split, *, backend: BackendRef, limit: int | None,
                  seed: int, device: str = "cpu", energy_profile: Profile | None = None):
-        if backend not in DEPLOYED_BACKENDS:
+        name = backend if isinstance(backend, str) else backend.name
+        if name not in DEPLOYED_BACKENDS:
             raise UserError(f"attack runs on a deployed backend ({', '.join(sorted(DEPLOYED_BACKENDS))}),"
-                            f" not {backend!r}")
-        self.target, self.backend, self.device = target, backend, device
+                            f" not {name!r}")
+        self.target, self.backend, self.device = target, name, device
         self.dep = target.require_deployment()
         self.profile = energy_profile or self.dep.profile
         coding = self.dep.coding
-        try:
-            self.decoder = DecoderSpec.of(coding)
-        except UserError as exc:
-            raise UserError(f"{target.path}: {exc}") from None
-        if self.decoder.reads_membrane and backend == "loihi2":
+        self.decoder = coding.decoder
+        if self.decoder.reads_membrane and name == "loihi2":
             raise UserError(f"{target.path} decodes by {self.decoder.name}, which reads the output"
                             " layer's membrane every step; the loihi2 backend records spikes only"
                             " (attack on emulator or lava-sim)")
-        self.encoding = str(coding.get("encoding", "rate"))
-        self.steps = int(coding.get("steps", 32))
+        self.encoding, self.steps = coding.encoding, coding.steps
         x, y = split.part("test")
         if encoded_width(self.encoding, x.shape[1]) != self.dep.input_size:
             raise UserError(f"{target.path} takes {self.dep.input_size} inputs, but {split.name}"
@@ -143,7 +140,8 @@ class Evaluator:
         self.idx = torch.arange(len(x))
         self.encoder = FrozenEncoder(self.encoding, steps=self.steps, seed=seed,
                                      n_samples=len(x), n_inputs=x.shape[1])
-        self.weights, self.recurrent = _synapses(target, backend)
+        self.weights, self.recurrent = _synapses(target, name)
+        self.runner = backend_of(target, backend, device=device)  # after the checks above
 
     def subset(self, k: int) -> Evaluator:
         """The same evaluation on its first k samples (same encoder noise)."""
@@ -157,8 +155,10 @@ class Evaluator:
             part = slice(start, start + BATCH)
             yield x[:, part] if domain == "spikes" else self.encoder.spikes(x[part], self.idx[part])
 
-    def verify(self, x: torch.Tensor, domain: str = "input", backend: str | None = None) -> Verified:
-        """Run inputs for all n samples (values (n, d) or spikes (T, n, d)) on the backend."""
+    def verify(self, x: torch.Tensor, domain: str = "input",
+               backend: BackendRef | None = None) -> Verified:
+        """Run inputs for all n samples (values (n, d) or spikes (T, n, d)) on the backend (or on
+        ``backend``, e.g. the emulator for a check)."""
         events: list[np.ndarray] = []
 
         def counted() -> Iterator[torch.Tensor]:
@@ -166,7 +166,7 @@ class Evaluator:
                 events.append((xb != 0).sum(dim=0).to(torch.int64).numpy())
                 yield xb
 
-        rec = run_backend(self.target, backend or self.backend, counted(), device=self.device,
+        rec = run_backend(self.target, backend or self.runner, counted(), device=self.device,
                           membrane=self.decoder.reads_membrane)
         counts = activity(rec, np.concatenate(events), self.weights, self.recurrent, steps=self.steps)
         return Verified(predictions=recording_predictions(rec, self.decoder.name),

@@ -16,12 +16,15 @@ import dataclasses
 import numpy as np
 import torch
 
+from snn_deploy.attack.base import BATCH, FrozenEncoder
+from snn_deploy.attack.sources import FloatSource
 from snn_deploy.convert.nirgraph import FloatNetwork
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.accuracy import encoded_batches
 from snn_deploy.run.float_backend import LayerParams, float_loop
 from snn_deploy.targets import Target
+from snn_deploy.train.adversarial import fgsm_linf
 from snn_deploy.train.model import LIFNetwork
 from snn_deploy.train.stability import check_same_shape, membrane_perturbation, perturbation_ms
 
@@ -51,14 +54,14 @@ class Perturbation:
 def perturbation_report(target: Target, split: Split, spec: Perturbation, *, limit: int | None,
                         steps: int, seed: int) -> dict:
     """The membrane-perturbation MS of the model's float form (the Deployment's source graph)."""
-    model = target.checkpoint if target.checkpoint is not None else target.network
+    model = target.float_model
     if model is None:
         raise UserError(f"{target.path}: --perturbation needs a float model (checkpoint, NIR graph,"
                         " or a Deployment that carries its source graph)")
     x, y = split.part("test")
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    encoding = str(target.coding.get("encoding", "rate"))
+    encoding = target.coding.encoding
     if spec.kind == "fgsm":
         noisy = fgsm_set(target, x, y, eps=spec.sigma, encoding=encoding, steps=steps, seed=seed)
     else:
@@ -99,11 +102,7 @@ def fgsm_set(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, en
     """(N, n) values -> their FGSM versions against the float model (the checkpoint's own LIF
     network, else the NIR graph through ``attack.sources.FloatSource``), read out with the model's
     decoder; batches of ``BATCH`` as evaluate encodes them."""
-    from snn_deploy.attack.base import BATCH, FrozenEncoder
-    from snn_deploy.train.adversarial import fgsm_linf
-    from snn_deploy.train.decoding import DecoderSpec
-
-    decoder = DecoderSpec.of(target.coding)
+    decoder = target.coding.decoder
     if target.checkpoint is not None:
         model = target.checkpoint
 
@@ -111,8 +110,6 @@ def fgsm_set(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, en
             trace = model.trace(s)
             return decoder.logits(trace.output, trace.membrane)
     else:
-        from snn_deploy.attack.sources import FloatSource
-
         logits = FloatSource(target, decoder=decoder).spike_logits
     x = x.to(torch.float32)
     encoder = FrozenEncoder(encoding, steps=steps, seed=seed, n_samples=len(x), n_inputs=x.shape[1])

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from snn_deploy import lava_formats as lava
-from snn_deploy.convert.nirfile import read_coding
+from snn_deploy.coding import Coding
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError
 from snn_deploy.fileio import atomic_path
 from snn_deploy.hdf5_limits import open_checked
@@ -106,7 +106,7 @@ class Deployment:
     input_size: int
     input_scale: int  # graded input: x_int = round(x * input_scale); 1 for binary spikes
     dt: float
-    coding: dict
+    coding: Coding
     source_sha256: str
     source_nir: bytes
     calibration: str
@@ -136,7 +136,7 @@ def save_deployment(dep: Deployment, path: str | Path) -> None:
         f.attrs["dt"] = dep.dt
         f.attrs["calibration"] = dep.calibration
         coding = f.create_group("coding")
-        for key, value in dep.coding.items():
+        for key, value in dep.coding.entries:
             coding.attrs[key] = value
         f.create_dataset("source_nir", data=np.frombuffer(dep.source_nir, dtype=np.uint8))
         for i, layer in enumerate(dep.layers):
@@ -270,7 +270,7 @@ def load_deployment(path: str | Path) -> Deployment:
                 input_size=_integer(f.attrs["input_size"], f"{path}: input_size"),
                 input_scale=_integer(f.attrs["input_scale"], f"{path}: input_scale"),
                 dt=_real(f.attrs["dt"], f"{path}: dt"),
-                coding=read_coding({k: (v.item() if hasattr(v, "item") else _text(v))
+                coding=Coding.read({k: (v.item() if hasattr(v, "item") else _text(v))
                                     for k, v in f["coding"].attrs.items()},
                                    where=f"{path}: coding"),
                 source_sha256=_text(f.attrs["source_sha256"]),

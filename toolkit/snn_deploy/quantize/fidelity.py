@@ -31,7 +31,7 @@ import numpy as np
 from snn_deploy.convert.nirgraph import FloatNetwork
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
-from snn_deploy.quantize.fixed_point import weight_grid
+from snn_deploy.quantize.dense_grid import weight_grid
 
 
 @dataclasses.dataclass(frozen=True)

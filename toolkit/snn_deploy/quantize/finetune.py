@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snn_deploy.coding import encode
+from snn_deploy.coding import Coding, encode
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
-from snn_deploy.quantize.fixed_point import lava_dense_grid
+from snn_deploy.quantize.dense_grid import lava_dense_grid
 
 # Lower bound on a fine-tuned threshold, relative to its value before fine-tuning: Özdenizci &
 # Legenstein (TMLR 2024, arXiv 2311.09266) clamp fine-tuned thresholds at >= 0.03 (REFERENCES.md 4).
@@ -171,11 +171,11 @@ def batch_seed(seed: int, epoch: int, batch: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + batch + 1) % (2**63 - 1)
 
 
-def encoded(x: torch.Tensor, *, coding: dict, seed: int) -> torch.Tensor:
+def encoded(x: torch.Tensor, *, coding: Coding, seed: int) -> torch.Tensor:
     """(B, n) values -> (T, B, n) encoder output with straight-through gradients (d s / d x = 1)
     and the noise of ``seed``, so inputs of the same shape and seed share their Bernoulli draws."""
-    steps = int(coding.get("steps", 32))
-    exact = encode(x.detach(), encoding=str(coding.get("encoding", "rate")), steps=steps, seed=seed)
+    steps = coding.steps
+    exact = encode(x.detach(), encoding=coding.encoding, steps=steps, seed=seed)
     xs = x.unsqueeze(0).expand(steps, *x.shape)
     return xs + (exact - xs).detach()
 

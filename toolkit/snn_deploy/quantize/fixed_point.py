@@ -16,7 +16,8 @@ unit) per layer so that ``v > theta`` keeps its meaning after rounding:
 
 ``s`` is the largest value for which the mantissas fit the Dense grid, vth fits its 17 bits and the
 calibrated peak of |u| stays within half the 24-bit range. The formats themselves are the
-profile's, within Lava's (snn_deploy/lava_formats.py).
+profile's, within Lava's (snn_deploy/lava_formats.py); the Dense weight grid and sign modes are
+in ``quantize.dense_grid``.
 
 Every layer's ``LayerStats`` says what hit a range limit: weights and biases clipped, and a
 threshold clipped at vth_max or rounded down to 0 (the neuron then fires whenever v > 0); each
@@ -31,57 +32,15 @@ import warnings
 
 import numpy as np
 
-from snn_deploy import lava_formats as lava
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork
 from snn_deploy.errors import QuantizationError
 from snn_deploy.profiles import Profile
+from snn_deploy.quantize.dense_grid import WeightGrid, sign_mode_of, weight_grid
 from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer, RecurrentSynapse
 
 # Share of the 24-bit state range the calibrated peak of |u| may use: the rest is headroom for
 # inputs stronger than the calibration set's (u wraps around on overflow, which is catastrophic).
 U_HEADROOM = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightGrid:
-    """The integer values a fixed-point Dense really uses for one sign mode."""
-
-    low: int
-    high: int
-    step: int  # mantissas are multiples of step (truncated low bits)
-
-
-def weight_grid(profile: Profile, sign_mode: str) -> WeightGrid:
-    """Grid of ``lava.utils.weightutils.clip_weights`` then ``truncate_weights``."""
-    mixed = sign_mode == "mixed"
-    top = (1 << profile.weight_bits) - 1
-    low = -(1 << profile.weight_bits) if mixed else (-top if sign_mode == "inhibitory" else 0)
-    high = 0 if sign_mode == "inhibitory" else top
-    step = 1 << (profile.weight_bits - profile.num_weight_bits + int(mixed))
-    return WeightGrid(low=-((-low) // step) * step, high=(high // step) * step, step=step)
-
-
-def lava_dense_grid(weights: np.ndarray, *, sign_mode: str, num_weight_bits: int,
-                    weight_bits: int = lava.WEIGHT_BITS) -> np.ndarray:
-    """The weights Lava's fixed-point Dense really uses: ``clip_weights(num_bits=weight_bits)``
-    then ``truncate_weights`` (lava/utils/weightutils.py), as int32."""
-    w = np.asarray(weights, dtype=np.int64)
-    sign = -1 if sign_mode == "inhibitory" else 1
-    mixed = int(sign_mode == "mixed")
-    w = np.clip(sign * w, -(1 << weight_bits) * mixed, (1 << weight_bits) - 1)
-    drop = weight_bits - num_weight_bits + mixed
-    if drop < 0:
-        raise ValueError(f"num_weight_bits {num_weight_bits} makes Lava shift by {drop} bits")
-    return (sign * ((w >> drop) << drop)).astype(np.int32)
-
-
-def sign_mode_of(weights: np.ndarray) -> str:
-    """Lava's ``determine_sign_mode``: excitatory if no weight < 0, inhibitory if none > 0."""
-    if np.all(weights >= 0):
-        return "excitatory"
-    if np.all(weights <= 0):
-        return "inhibitory"
-    return "mixed"
 
 
 def _uniform(values: np.ndarray, what: str, layer: FloatLayer) -> float:
@@ -398,6 +357,6 @@ def quantize_network(net: FloatNetwork, profile: Profile, *, graded_input: bool,
         ))
     return Deployment(
         profile=profile, layers=tuple(layers), input_size=net.input_size,
-        input_scale=input_scale, dt=net.dt, coding=dict(net.coding),
+        input_scale=input_scale, dt=net.dt, coding=net.coding,
         source_sha256=source_sha256, source_nir=source_nir, calibration=calibration,
     )

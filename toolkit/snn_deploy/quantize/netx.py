@@ -38,7 +38,7 @@ import numpy as np
 from snn_deploy import lava_formats as lava
 from snn_deploy.errors import ProfileError
 from snn_deploy.profiles import Profile
-from snn_deploy.quantize.fixed_point import lava_dense_grid, sign_mode_of
+from snn_deploy.quantize.dense_grid import lava_dense_grid, sign_mode_of
 
 # Formats netx's mapping assumes, read in Lava 0.10 and lava-dl 0.6; a profile that differs
 # would give the same integers another meaning.
@@ -58,7 +58,6 @@ NETX_LIF_NEURONS = ("CUBA", "LOIHI")  # netx/hdf5.py: both become lava.proc.lif 
 # slayer/neuron/cuba.py neuron_params(scale=1 << 6): vThMant = 64 * threshold, weights x 64; with
 # Lava's threshold shift, 4096 integer voltage units per SLAYER voltage unit.
 SLAYER_SCALE = float((1 << 6) << LAVA_FORMATS["threshold_shift"])
-DEFAULT_STEPS = 32  # coding steps of a file without simulation/tSample
 FORMAT_TAG = "snn-deploy-netx"  # root attribute of files written by write_netx
 FORMAT_VERSION = 1
 

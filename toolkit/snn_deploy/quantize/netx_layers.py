@@ -20,7 +20,7 @@ import numpy as np
 
 from snn_deploy.errors import InputFileError, UnsupportedNode
 from snn_deploy.quantize.deployment import LayerStats, QuantLayer, RecurrentSynapse
-from snn_deploy.quantize.fixed_point import lava_dense_grid, sign_mode_of
+from snn_deploy.quantize.dense_grid import lava_dense_grid, sign_mode_of
 from snn_deploy.quantize.netx import (
     LAVA_FORMATS,
     NETX_BIAS_EXP,

@@ -20,12 +20,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from snn_deploy.convert.nirfile import read_coding
+from snn_deploy.coding import DEFAULT_STEPS, Coding
 from snn_deploy.errors import InputFileError, UnsupportedNode
 from snn_deploy.hdf5_limits import open_checked
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer, validate_deployment
-from snn_deploy.quantize.netx import DEFAULT_STEPS, NETX_LIF_NEURONS, check_profile
+from snn_deploy.quantize.netx import NETX_LIF_NEURONS, check_profile
 from snn_deploy.quantize.netx_layers import decode_text, read_conv, read_dense, read_scalar
 
 _SUPPORTED_TYPES = ("input", "flatten", "dense", "dense_rec", "conv")
@@ -81,16 +81,17 @@ def _message_bits(g: h5py.Group, before: int) -> int:
     return read_scalar(neuron, "messageBits", neuron.name) if "messageBits" in neuron else 0
 
 
-def _coding(f: h5py.File) -> dict:
+def _coding(f: h5py.File) -> Coding:
     if "snn_deploy_coding" in f.attrs:
-        return read_coding(json.loads(decode_text(f.attrs["snn_deploy_coding"])),
+        return Coding.read(json.loads(decode_text(f.attrs["snn_deploy_coding"])),
                            where=f"{f.filename}: snn_deploy_coding")
     steps = DEFAULT_STEPS
     if "simulation/tSample" in f and "simulation/Ts" in f:
         t_sample = float(np.asarray(f["simulation/tSample"][()]).reshape(-1)[0])
         ts = float(np.asarray(f["simulation/Ts"][()]).reshape(-1)[0])
         steps = max(1, int(round(t_sample / ts))) if ts > 0 else DEFAULT_STEPS
-    return {"encoding": "rate", "steps": steps}
+    return Coding.read({"encoding": "rate", "steps": steps},
+                       where=f"{f.filename}: simulation tSample / Ts")
 
 
 def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,

@@ -23,9 +23,8 @@ import numpy as np
 from snn_deploy.errors import QuantizationError
 from snn_deploy.fileio import atomic_path
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
-from snn_deploy.quantize.fixed_point import lava_dense_grid
+from snn_deploy.quantize.dense_grid import lava_dense_grid
 from snn_deploy.quantize.netx import (
-    DEFAULT_STEPS,
     FORMAT_TAG,
     FORMAT_VERSION,
     LAVA_FORMATS,
@@ -129,12 +128,12 @@ def write_netx(dep: Deployment, path: str | Path) -> None:
         f.attrs["snn_deploy_profile"] = dep.profile.name
         f.attrs["snn_deploy_source_sha256"] = dep.source_sha256
         f.attrs["snn_deploy_coding"] = json.dumps(
-            {k: v.item() if isinstance(v, np.generic) else v for k, v in dep.coding.items()})
+            {k: v.item() if isinstance(v, np.generic) else v for k, v in dep.coding.entries})
         f.attrs["snn_deploy_dt"] = dep.dt
         f.attrs["snn_deploy_input_scale"] = dep.input_scale
         f.attrs["snn_deploy_input_message_bits"] = dep.layers[0].num_message_bits
         f.create_dataset("simulation/Ts", data=1)
-        f.create_dataset("simulation/tSample", data=int(dep.coding.get("steps", DEFAULT_STEPS)))
+        f.create_dataset("simulation/tSample", data=dep.coding.steps)
         inp = f.create_group("layer/0")
         inp.create_dataset("type", data=np.array([b"input"], dtype="S10"))
         inp.create_dataset("shape", data=np.array([dep.input_size]))

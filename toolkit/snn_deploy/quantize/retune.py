@@ -172,9 +172,8 @@ def _calibrate(dep: Deployment, *, mode: str, x: torch.Tensor, y: torch.Tensor |
         raise UserError("re-tuning by rate needs the float network's rates (float_rates)")
     x, y = check_data(dep, x, y, what="calibration", need_labels=mode != "rate")
     bounds = check_bounds(dep, vth_bounds)
-    steps = int(dep.coding.get("steps", 32))
-    encoding = str(dep.coding.get("encoding", "rate"))
-    spikes = encode(x, encoding=encoding, steps=steps, seed=seed)
+    steps = dep.coding.steps
+    spikes = encode(x, encoding=dep.coding.encoding, steps=steps, seed=seed)
     before = fixed(dep, spikes)
     targets = _float_targets(float_rates, spikes, dep) if float_rates is not None else None
     return _Calibration(x=x, y=y, bounds=bounds, steps=steps, spikes=spikes, before=before,

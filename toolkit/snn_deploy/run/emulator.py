@@ -21,22 +21,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from snn_deploy import lava_formats as lava
 from snn_deploy.errors import UserError
 from snn_deploy.profiles import Profile
-from snn_deploy.quantize.deployment import Deployment, QuantLayer
-from snn_deploy.quantize.fixed_point import lava_dense_grid
+from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.run import kernel as cpu_kernel
-from snn_deploy.run.lif_core import (
-    INT31,
-    Bounds,
-    abs_max,
-    bounds,
-    lif_update,
-    scaled_bias,
-    torch_ops,
-    wrap_int32,
-)
+from snn_deploy.run.layer_constants import LayerConstants, Synapses, constants
+from snn_deploy.run.lif_core import Bounds, abs_max, bounds, lif_update, torch_ops, wrap_int32
 from snn_deploy.run.recording import Recording
 from snn_deploy.run.workers import worker_pool
 
@@ -65,86 +55,6 @@ def _empty(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: torch
            device: torch.device) -> torch.Tensor:
     return ws.get(name, shape, dtype, device) if ws is not None else \
         torch.empty(shape, dtype=dtype, device=device)
-
-
-def lava_weights(layer: QuantLayer, *, weight_bits: int = lava.WEIGHT_BITS) -> np.ndarray:
-    """The weights Lava's fixed-point Dense really uses for this layer."""
-    return lava_dense_grid(layer.weights, sign_mode=layer.sign_mode,
-                           num_weight_bits=layer.num_weight_bits, weight_bits=weight_bits)
-
-
-@dataclasses.dataclass(frozen=True)
-class Synapses:
-    """One fixed-point Dense, on a device: weights on Lava's grid in the matmul dtype."""
-
-    weights: torch.Tensor  # (n_out, n_in)
-    matmul_dtype: torch.dtype
-    weight_exp: int
-    graded: bool
-    int32_safe: bool  # the worst-case sum, shifted into u, cannot overflow int32
-    peak: float  # worst-case |output| (before the << 6 into u)
-    # weights << (weight_exp + activation_shift) in float32, when every sum of them is an exact
-    # float32 integer: one matmul then yields what enters u, with no shift, wrap or float64 copy.
-    folded: torch.Tensor | None = None
-
-    @classmethod
-    def of(cls, w: np.ndarray, *, weight_exp: int, graded: bool, profile: Profile,
-           device: torch.device, max_input: int) -> Synapses:
-        worst = int(np.abs(w).sum(axis=1).max(initial=0)) * max_input
-        # Integer sums are exact in a float type while they stay below its mantissa range; float
-        # matmuls have BLAS on CPU, integer ones do not (REFERENCES.md, engineering facts).
-        dtype = torch.float32 if worst < 1 << 24 else (
-            torch.float64 if worst < 1 << 53 else torch.int64)
-        shifted = worst * 2.0 ** weight_exp + (1 if weight_exp < 0 else 0)  # floor: one more
-        into_u = worst * 2.0 ** (max(weight_exp, 0) + profile.activation_shift)
-        folded = None
-        if weight_exp >= 0 and into_u < 1 << 24:
-            folded = torch.as_tensor(w * 2.0 ** (weight_exp + profile.activation_shift),
-                                     dtype=torch.float32, device=device)
-        return cls(weights=torch.as_tensor(w, dtype=dtype, device=device), matmul_dtype=dtype,
-                   weight_exp=weight_exp, graded=graded, int32_safe=into_u < INT31,
-                   peak=shifted, folded=folded)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerConstants:
-    """One layer's integers (as exact float64 where they enter the step loop), on a device."""
-
-    ff: Synapses
-    rec: Synapses | None
-    u_keep: float  # (4096 - du - 1) / 4096, exact in binary
-    v_keep: float  # (4096 - dv) / 4096
-    bias: torch.Tensor  # (n,) float64, bias_mant << bias_exp as Lava computes it
-    vth: float  # vth << 6
-    size: int
-    # the recurrent weights on Lava's grid for run/kernel.py, float64, transposed (row j: what
-    # neuron j's spike adds)
-    rec_wt: np.ndarray | None = None
-
-    @classmethod
-    def of(cls, layer: QuantLayer, dep: Deployment, device: torch.device,
-           max_input: int) -> LayerConstants:
-        p = dep.profile
-        ff = Synapses.of(lava_weights(layer, weight_bits=p.weight_bits),
-                         weight_exp=layer.weight_exp, graded=layer.num_message_bits > 0,
-                         profile=p, device=device, max_input=max_input)
-        rec = rec_wt = None
-        if layer.recurrent is not None:
-            r = layer.recurrent
-            rec_w = lava_dense_grid(r.weights, sign_mode=r.sign_mode,
-                                    num_weight_bits=r.num_weight_bits, weight_bits=p.weight_bits)
-            rec = Synapses.of(rec_w, weight_exp=r.weight_exp, graded=False, profile=p,
-                              device=device, max_input=1)
-            rec_wt = np.ascontiguousarray(rec_w.T, dtype=np.float64)
-        bias = scaled_bias(layer.bias_mant, layer.bias_exp)
-        unity = float(p.decay_unity)
-        return cls(
-            ff=ff, rec=rec,
-            u_keep=(unity - (layer.du + p.du_offset)) / unity,
-            v_keep=(unity - (layer.dv + p.dv_offset)) / unity,
-            bias=torch.as_tensor(bias, dtype=torch.float64, device=device),
-            vth=float(layer.vth << p.threshold_shift), size=layer.size, rec_wt=rec_wt,
-        )
 
 
 def dense(c: Synapses, s: torch.Tensor) -> torch.Tensor:
@@ -304,11 +214,6 @@ def input_levels(dep: Deployment, x: torch.Tensor, *, ws: Workspace | None = Non
     # product can round onto a .5 first (0.9 * 255: level 230 against Lava's 229)
     # input_scale < 2**lava.MESSAGE_BITS = 2**24 (validate_deployment): exact in float32
     return levels.copy_(torch.round(x.to(torch.float64) * dep.input_scale))
-
-
-def constants(dep: Deployment, device: torch.device, max_input: int) -> list[LayerConstants]:
-    return [LayerConstants.of(layer, dep, device, max(max_input if i == 0 else 1, 1))
-            for i, layer in enumerate(dep.layers)]
 
 
 def default_kernel(device: torch.device) -> str:

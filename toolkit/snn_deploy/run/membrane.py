@@ -1,7 +1,7 @@
 """The output layer's membrane potential on the deployed backends, for the max-membrane decoder.
 
 Lava's LIF (and the emulator, ``run_layers(..., record_state=True)``) expose u and v *after* the
-step's reset. The decoder reads v *before* the threshold test (train/decoding.py), which the v half
+step's reset. The decoder reads v *before* the threshold test (coding.py), which the v half
 of Lava's fixed-point step (``lif_core.v_update``) gives from the previous step's v and this step's
 u, with v_{-1} = 0 at each sample's first step (LIFReset zeroes u and v there). Computed on exact
 integers (float64) and divided by the threshold vth << 6, so emulator and lava-sim give the same
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from snn_deploy.quantize.deployment import Deployment
-from snn_deploy.run.emulator import CHUNK, LayerConstants, run_layers, spike_counts
+from snn_deploy.run.emulator import CHUNK, run_layers, spike_counts
+from snn_deploy.run.layer_constants import LayerConstants
 from snn_deploy.run.lif_core import ALWAYS, torch_ops, v_update
 from snn_deploy.run.recording import Recording
 

@@ -23,8 +23,8 @@ import torch
 
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
-from snn_deploy.quantize.fixed_point import lava_dense_grid
-from snn_deploy.run.emulator import lava_weights
+from snn_deploy.quantize.dense_grid import lava_dense_grid
+from snn_deploy.run.layer_constants import lava_weights
 from snn_deploy.run.lif_core import (
     INT31,
     Ops,

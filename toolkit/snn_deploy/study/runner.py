@@ -13,7 +13,7 @@ from pathlib import Path
 from snn_deploy import api
 from snn_deploy.attack.base import AttackSettings
 from snn_deploy.data import load_dataset
-from snn_deploy.evaluate.accuracy import evaluate_target
+from snn_deploy.evaluate.accuracy import evaluate_target, open_backend
 from snn_deploy.evaluate.energy import price
 from snn_deploy.evaluate.robustness import Evaluator, SourceSpec, sweep
 from snn_deploy.evaluate.stability import Perturbation, perturbation_report
@@ -30,7 +30,6 @@ from snn_deploy.study.config import (
 )
 from snn_deploy.study.tables import aggregate, write_csv, write_markdown, write_plot
 from snn_deploy.targets import load_target
-from snn_deploy.train.model import save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +103,7 @@ def run_cell(config: StudyConfig, cell: Cell, models_dir: Path, *, say: Progress
                        steps=config.steps, epochs=config.epochs, seed=cell.seed, lr=config.lr,
                        batch_size=config.batch_size, recurrent=cell.recurrent, rule=cell.rule,
                        **loss_keywords(cell.loss), **regulariser_keywords(cell.regulariser))
-    save_checkpoint(result.model, stem.with_suffix(".pt"), extra={
-        "seed": cell.seed, "epochs": config.epochs, "test_accuracy": result.test_accuracy,
-        "options": dataclasses.asdict(result.options)})
+    result.save(stem.with_suffix(".pt"))  # with the metadata `snn-deploy train` records
     say("export and deploy")
     nir_path = stem.with_suffix(".nir")
     api.export(stem.with_suffix(".pt"), nir_path)
@@ -117,8 +114,8 @@ def run_cell(config: StudyConfig, cell: Cell, models_dir: Path, *, say: Progress
     target = load_target(dep_path)
     split = load_dataset(config.dataset)
     say(f"evaluating on {config.backend}")
-    ev = evaluate_target(target, split, backend=config.backend, limit=config.limit,
-                         seed=cell.seed)
+    backend = open_backend(target, config.backend)  # for the evaluation and the attacks
+    ev = evaluate_target(target, split, backend=backend, limit=config.limit, seed=cell.seed)
     energy = price(ev.activity, dep.profile)
     metrics: dict[str, float] = {
         "float_test_accuracy": result.test_accuracy,
@@ -127,8 +124,7 @@ def run_cell(config: StudyConfig, cell: Cell, models_dir: Path, *, say: Progress
         "synops_per_sample": ev.activity.synops_per_sample,
         "energy_per_sample_nj": math.nan if energy is None else energy.per_sample_nj,
     }
-    evaluator = Evaluator(target, split, backend=config.backend, limit=config.limit,
-                          seed=cell.seed)
+    evaluator = Evaluator(target, split, backend=backend, limit=config.limit, seed=cell.seed)
     robust = sweep(evaluator, attacks=list(config.attacks), eps=list(config.eps),
                    settings=AttackSettings(iterations=config.iterations, seed=cell.seed),
                    sources=[SourceSpec()], on_progress=say)

@@ -2,7 +2,7 @@
 and optional stability terms.
 
 Per batch (x values in [0, 1], y labels), with E the rule's loss (``train.rules``) on the decoder's
-logits (``train.decoding``) and x' a perturbed input (``train.perturbed``):
+logits (``coding``) and x' a perturbed input (``train.perturbed``):
 
     loss = E(x)                                                          no perturbation
     loss = kappa * E(x) + (1 - kappa) * E(x') + alpha * mean(Y^2)         with noise or an adversary
@@ -23,10 +23,9 @@ from typing import Callable
 
 import torch
 
-from snn_deploy.coding import encode
+from snn_deploy.coding import decoder_logits, decoder_predict, encode
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
-from snn_deploy.train.decoding import decoder_logits, decoder_predict
 from snn_deploy.train.init import wake_silent_layers
 from snn_deploy.train.model import LIFNetwork, ModelConfig
 from snn_deploy.train.perturbed import ADVERSARIES, adversarial_values, gaussian_values

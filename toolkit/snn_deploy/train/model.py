@@ -26,10 +26,10 @@ import norse.torch as norse
 import torch
 from norse.torch.functional.threshold import threshold
 
+from snn_deploy.coding import DECODERS, Coding
 from snn_deploy.errors import InputFileError, UserError
 from snn_deploy.fileio import regular_input
 from snn_deploy.train.checkpoint_archive import check_archive, first_line
-from snn_deploy.train.decoding import DECODERS
 
 CHECKPOINT_FORMAT = "snn-deploy-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -54,8 +54,18 @@ class ModelConfig:
     steps: int = 32
     dataset: str = "digits"
     recurrent: bool = False
-    decoder: str = "spike_count"  # a key of train.decoding.DECODERS, also in the NIR metadata
+    decoder: str = "spike_count"  # a key of coding.DECODERS, also in the NIR metadata
     decoder_beta: float = 1.0  # 1 / step
+
+    @property
+    def coding(self) -> Coding:
+        """The coding the exported graph records (decoder_beta only for the decoders that scale
+        their logits by it)."""
+        entries = {"encoding": self.encoding, "steps": self.steps, "dataset": self.dataset,
+                   "decoder": self.decoder}
+        if self.decoder != "spike_count":
+            entries["decoder_beta"] = self.decoder_beta
+        return Coding.of(**entries)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

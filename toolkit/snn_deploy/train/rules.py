@@ -1,7 +1,7 @@
 """Stage 1: learning rules of varying locality (Lin et al. 2024, arXiv 2402.01782), as batch losses.
 
 Every rule trains the same deployable chain of LIF layers; what differs is which gradient reaches a
-weight. E is the task loss: cross-entropy of the output decoder's logits (``train.decoding``).
+weight. E is the task loss: cross-entropy of the output decoder's logits (``coding``).
 
 bptt     surrogate-gradient backpropagation through time: dE/dW through every layer and step,
          resets included (Norse's feed-forward step). Not local in space or time.
@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from snn_deploy.train.decoding import MEMBRANE_DECODERS, decoder_logits
+from snn_deploy.coding import MEMBRANE_DECODERS, decoder_logits
 from snn_deploy.train.model import GradientCuts, LIFNetwork, Trace
 
 LOCAL_CUTS = GradientCuts(between_layers=True, reset=True, recurrent=True)
