@@ -19,6 +19,7 @@ from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.deployment import (
     SIGN_MODES,
+    ConvGeometry,
     Deployment,
     LayerStats,
     QuantLayer,
@@ -167,6 +168,87 @@ def deployments(draw):
     x = rng.random((steps, batch, sizes[0]))
     x = (x if graded else x < draw(st.floats(0.1, 0.9))).astype(np.float32)
     return dep, x
+
+
+# --- conv networks, and Lava's state against the emulator's (tests/test_conv_lava.py) ------------
+
+
+def conv_geometry(in_shape: tuple[int, int, int], c_out: int, kernel: tuple[int, int], *,
+                  stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1) -> ConvGeometry:
+    """A ConvGeometry with its output shape computed (stride, padding, dilation: (H, W))."""
+    hw = ConvGeometry.output_hw(in_shape[1:], kernel, stride, padding, dilation)
+    return ConvGeometry(in_shape=in_shape, out_shape=(c_out, *hw), kernel=kernel, stride=stride,
+                        padding=padding, dilation=dilation, groups=groups)
+
+
+def native_layer(name: str, weights: np.ndarray, *, bias_mant: np.ndarray,
+                 conv: ConvGeometry | None = None, vth: int = 40, du: int = 1024, dv: int = 512,
+                 num_message_bits: int = 0) -> QuantLayer:
+    """A dense layer ((n, n_in) weights), or a conv layer (``conv`` given: (C_out, C_in / groups,
+    kH, kW) weights), mixed 8-bit, weight exponent 0, bias exponent 6."""
+    n = int(np.prod(conv.out_shape)) if conv is not None else weights.shape[0]
+    return QuantLayer(synapse=f"{name}_syn", neuron=name, weights=weights.astype(np.int32),
+                      weight_exp=0, sign_mode="mixed", num_weight_bits=8,
+                      num_message_bits=num_message_bits, du=du, dv=dv, vth=vth,
+                      bias_mant=np.asarray(bias_mant, np.int32), bias_exp=np.full(n, 6, np.int32),
+                      scale=1.0, stats=NO_STATS, kind="dense" if conv is None else "conv",
+                      conv=conv, shape=conv.out_shape if conv is not None else ())
+
+
+def layer_deployment(layers, input_size: int, *, input_scale: int = 1) -> Deployment:
+    return Deployment(profile=PROFILE, layers=tuple(layers), input_size=input_size,
+                      input_scale=input_scale, dt=1e-3, coding=Coding(), source_sha256="",
+                      source_nir=b"", calibration="")
+
+
+def lava_states(dep: Deployment, x: np.ndarray):
+    """Run the lava-sim graph with Monitors: per layer (spikes, u, v), each (total_steps, n)
+    int64, Lava's global time."""
+    import tempfile
+
+    from lava.proc.monitor.process import Monitor
+    from snn_deploy.run.lava_sim import build_graph, execute, input_to_lava
+
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = build_graph(dep, input_to_lava(dep, x), steps=x.shape[0], record_dir=Path(tmp))
+        monitors = []
+        for lif in graph.lifs:
+            mu, mv = Monitor(), Monitor()
+            mu.probe(lif.u, graph.total_steps)
+            mv.probe(lif.v, graph.total_steps)
+            monitors.append((lif, mu, mv))
+        states = []
+
+        def read() -> None:
+            for lif, mu, mv in monitors:
+                states.append((np.asarray(mu.get_data()[lif.name]["u"]).astype(np.int64),
+                               np.asarray(mv.get_data()[lif.name]["v"]).astype(np.int64)))
+
+        spikes = execute(graph, before_stop=read)
+    return [(s.astype(np.int64), u, v) for s, (u, v) in zip(spikes, states)]
+
+
+def assert_states_equal_lava(dep: Deployment, x: np.ndarray) -> list:
+    """Every layer's spikes, u and v at every step of every sample: the emulator (both step
+    loops) against one Lava run (layer l's local step k of sample b is Lava's step b*T + l + k).
+    Returns the emulator's traces."""
+    import torch
+    from snn_deploy.run.emulator import KERNELS, run_layers
+
+    steps, batch = x.shape[0], x.shape[1]
+    lava = lava_states(dep, x)
+    for kernel in KERNELS:
+        traces = run_layers(dep, torch.from_numpy(x), record_state=True, kernel=kernel)
+        for depth, (trace, theirs) in enumerate(zip(traces, lava, strict=True), start=1):
+            window = slice(depth, depth + batch * steps)
+            ours = (trace.spikes.to(torch.int64).numpy(), trace.u.numpy(), trace.v.numpy())
+            for name, a, b in zip(("spikes", "u", "v"), ours, theirs):
+                b = b[window].reshape(batch, steps, -1).transpose(1, 0, 2)  # (T, B, n)
+                bad = np.argwhere(a != b)
+                assert len(bad) == 0, (
+                    f"{kernel} layer {depth} {name}: {len(bad)} mismatches, first (t, b, n)"
+                    f" {bad[:3].tolist()}: emulator {a[tuple(bad[0])]} vs Lava {b[tuple(bad[0])]}")
+    return traces
 
 
 def zip_records(records: dict[str, bytes], *, compression: int = zipfile.ZIP_STORED) -> bytes:

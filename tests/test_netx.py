@@ -292,7 +292,7 @@ def test_unsupported_layers_are_all_named(tmp_path):
     message = str(info.value)
     for expected in ("layer 2 (pool)", "layer 3 (conv: no neuron", "layer 4 (dense_rec: no weight_rec)",
                      "layer 5 (dense: no neuron", "layer 6 (dense: synaptic delays up to 3",
-                     "layer 7 (dense: SDNN neuron", "layer 8 (average)"):
+                     "layer 7 (dense: SDNN neuron", "layer 8 (average readout: not supported yet"):
         assert expected in message
     assert "layer 1" not in message and "\n" not in message
     # num_layers selects like netx.hdf5.Network(num_layers=...): the supported prefix imports
@@ -301,13 +301,24 @@ def test_unsupported_layers_are_all_named(tmp_path):
     assert (dep.layers[0].du, dep.layers[0].dv) == (1023, 128)
 
 
-def test_input_neuron_needs_skip_layers(tmp_path):
+def test_input_neuron_imports_as_an_input_layer(tmp_path):
+    """netx's input block with a neuron: LIF neurons without synapse, their data as bias at run
+    time; the file's weight and bias are netx's Input.transform only, which the neuron never sees."""
     layers = [{"type": "input", "shape": np.array([4]), "weight": 76.0, "bias": 64.0,
                "neuron": dict(CUBA)}, _dense(3, 4)]
     path = _write_h5(tmp_path / "input_neuron.net", layers)
-    with pytest.raises(UnsupportedNode, match=r"layer 0 \(input with a CUBA neuron.*skip_layers=1"):
-        read_netx(path, profile=load_profile("loihi2"))
-    assert read_netx(path, profile=load_profile("loihi2"), skip_layers=1).input_size == 4
+    dep = read_netx(path, profile=load_profile("loihi2"))
+    first = dep.layers[0]
+    assert (first.kind, first.size, first.shape, first.weights.shape) == ("input", 4, (), (4, 0))
+    assert (first.du, first.dv, first.vth, first.weight_exp) == (1023, 128, 80, 0)
+    np.testing.assert_array_equal(first.bias_mant, 0)
+    np.testing.assert_array_equal(first.bias_exp, 6)
+    assert dep.input_size == 4 and dep.layers[1].kind == "dense" and dep.layers[1].weights.shape == (3, 4)
+    skipped = read_netx(path, profile=load_profile("loihi2"), skip_layers=1)  # netx: spikes in
+    assert skipped.input_size == 4 and skipped.depth == 1 and skipped.layers[0].kind == "dense"
+    later = _write_h5(tmp_path / "late_input.net", [_dense(4, 4), layers[0], _dense(3, 4)])
+    with pytest.raises(UnsupportedNode, match=r"layer 1 \(input with a neuron after other layers"):
+        read_netx(later, profile=load_profile("loihi2"))
 
 
 def test_first_dense_layer_sets_the_input_width_and_ignored_fields_warn(tmp_path):
@@ -331,12 +342,114 @@ def _shipped(name: str) -> Path:
 
 def test_shipped_lava_dl_networks_name_their_unsupported_layers():
     profile = load_profile("loihi2")
-    with pytest.raises(UnsupportedNode, match=r"layer 0 \(input with a LOIHI neuron"):
-        read_netx(_shipped("tiny.net"), profile=profile)
-    with pytest.raises(UnsupportedNode, match=r"layer 2 \(dense: synaptic delays.*layer 5 \(average\)"):
+    with pytest.raises(UnsupportedNode) as info:
         read_netx(_shipped("gts/ntidigits/ntidigits.net"), profile=profile)
-    with pytest.raises(UnsupportedNode, match=r"layer 0 \(input with a CUBA.*layer 3 \(dense: no neuron"):
+    message = str(info.value)
+    assert "\n" not in message
+    for expected in ("layer 2 (dense: synaptic delays up to 62, not supported yet)",
+                     "layer 3 (dense: synaptic delays up to 62", "layer 5 (average readout"):
+        assert expected in message
+    assert "layer 4" not in message
+    # netx's default neuron for a dense block without one: du = -1, vth 131072
+    with pytest.raises(UnsupportedNode, match=r"layer 3 \(dense: no neuron: netx's default.*du = -1") as info:
         read_netx(_shipped("mnist.net"), profile=profile)
+    assert "layer 0" not in str(info.value)  # its input neuron is an input layer now
+    tiny = read_netx(_shipped("tiny.net"), profile=profile)
+    assert [layer.kind for layer in tiny.layers] == ["input", "conv", "conv"]
+    assert [layer.shape for layer in tiny.layers] == [(3, 16, 16), (24, 6, 6), (36, 1, 1)]
+    assert tiny.input_size == 768 and tiny.coding.steps == 64
+
+
+PILOTNET = "gts/pilotnet_lif/network.net"
+# lava-dl's PilotNet-LIF: (C, H, W) neurons, stride and padding per conv in (H, W) order
+PILOTNET_CONVS = [((24, 32, 99), (2, 2), (0, 0)), ((36, 15, 49), (2, 2), (0, 0)),
+                  ((48, 7, 24), (2, 2), (0, 0)), ((64, 4, 22), (2, 1), (1, 0)),
+                  ((64, 2, 20), (1, 1), (0, 0))]
+
+
+def test_pilotnet_imports_with_native_layers():
+    path = _shipped(PILOTNET)
+    dep = read_netx(path, profile=load_profile("loihi2"))
+    assert [layer.kind for layer in dep.layers] == ["input"] + ["conv"] * 5 + ["dense"] * 4
+    assert (dep.input_size, dep.input_scale, dep.coding.steps) == (39600, 1, 16)
+    first = dep.layers[0]
+    assert (first.shape, first.weights.shape, first.du, first.dv, first.vth) == (
+        (3, 66, 200), (39600, 0), 4095, 1024, 25)
+    assert not first.bias_mant.any() and np.all(first.bias_exp == 6)
+    in_shape = (3, 66, 200)
+    with h5py.File(path, "r") as f:
+        for k, (layer, (shape, stride, padding)) in enumerate(zip(dep.layers[1:6], PILOTNET_CONVS)):
+            assert layer.shape == shape and layer.conv.out_shape == shape, k
+            assert layer.conv.in_shape == in_shape and layer.conv.kernel == (3, 3)
+            assert (layer.conv.stride, layer.conv.padding, layer.conv.dilation, layer.conv.groups) \
+                == (stride, padding, (1, 1), 1)
+            assert layer.weight_exp == 0 and layer.weights.dtype == np.int32
+            np.testing.assert_array_equal(layer.weights, f[f"layer/{k + 1}/weight"][()])
+            np.testing.assert_array_equal(
+                layer.bias_mant, np.repeat(f[f"layer/{k + 1}/bias"][()], shape[1] * shape[2]))
+            in_shape = shape
+        for layer, h5 in zip(dep.layers[6:], (7, 8, 9, 10)):  # Lava's effective weights = stored
+            stored = f[f"layer/{h5}/weight"][()].reshape(layer.size, -1)
+            np.testing.assert_array_equal(layer.weights.astype(np.int64) >> -layer.weight_exp, stored)
+            assert not np.any(layer.weights % (1 << -layer.weight_exp))
+    assert [layer.size for layer in dep.layers[6:]] == [100, 50, 10, 1]
+    readout = dep.layers[-1]
+    assert readout.weights.shape == (1, 10) and (readout.dv, readout.vth) == (0, 131071)
+
+
+def test_pilotnet_import_gives_the_chips_synaptic_input():
+    """Every imported conv and the first dense, fed the chip's recorded spikes of the layer before
+    (one step earlier: one step of synaptic delay), give exactly the chip's recorded u, since
+    iDecay 4096 makes u = a << 6. Geometry, kernel orientation and flatten order all show here
+    (the recordings are lava-dl's gts/pilotnet_lif, (W, H, C, T) arrays)."""
+    import torch
+
+    dep = read_netx(_shipped(PILOTNET), profile=load_profile("loihi2"))
+    gts = LAVA_DL_NETS / "gts" / "pilotnet_lif"
+    names = ["input", "conv-0", "conv-1", "conv-2", "conv-3", "conv-4", "fc-0"]
+    spikes = [np.load(gts / f"{n}.npy").transpose(2, 1, 0, 3) for n in names[:-1]]
+    for i, name in enumerate(names[1:], start=1):
+        layer, s = dep.layers[i], spikes[i - 1][..., 3:9].astype(np.float64)  # steps 3..8
+        if layer.kind == "conv":
+            g = layer.conv
+            a = torch.nn.functional.conv2d(
+                torch.from_numpy(s.transpose(3, 0, 1, 2)), torch.from_numpy(layer.weights.astype(np.float64)),
+                stride=g.stride, padding=g.padding, dilation=g.dilation, groups=g.groups).numpy()
+            a = a.transpose(1, 2, 3, 0)
+            u = np.load(gts / f"{name}-u.npy").transpose(2, 1, 0, 3)
+        else:
+            w = layer.weights.astype(np.int64) >> -layer.weight_exp
+            a = w @ s.reshape(-1, s.shape[-1])
+            u = np.load(gts / f"{name}-u.npy")
+        np.testing.assert_array_equal(a.astype(np.int64) << 6, u[..., 4:10], err_msg=name)
+
+
+def test_pilotnet_deployment_saves_and_loads_unchanged(tmp_path):
+    from snn_deploy.quantize.deployment import load_deployment
+
+    dep = read_netx(_shipped(PILOTNET), profile=load_profile("loihi2"))
+    save_deployment(dep, tmp_path / "pilotnet.deploy.h5")
+    back = load_deployment(tmp_path / "pilotnet.deploy.h5")
+    assert (back.input_size, back.input_scale, back.coding.to_dict()) == (
+        dep.input_size, dep.input_scale, dep.coding.to_dict())
+    for i, (a, b) in enumerate(zip(dep.layers, back.layers, strict=True)):
+        for field in dataclasses.fields(a):
+            x, y = getattr(a, field.name), getattr(b, field.name)
+            if isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype, (i, field.name)
+                np.testing.assert_array_equal(x, y, err_msg=f"layer {i}: {field.name}")
+            else:
+                assert x == y, (i, field.name)
+
+
+def test_native_layers_are_not_written_as_netx_yet(tmp_path):
+    dep = read_netx(_shipped(PILOTNET), profile=load_profile("loihi2"))
+    out = tmp_path / "pilotnet.net"
+    with pytest.raises(QuantizationError, match=r"layer 0 \(lif0\) is an input layer: writing netx"
+                       r" input blocks is not supported yet; layer 1 \(lif1\) is a conv layer:"
+                       r" writing netx conv blocks is not supported yet") as info:
+        write_netx(dep, out)
+    assert "\n" not in str(info.value) and not out.exists()
 
 
 def test_shipped_mnist_dense_part_imports_netx_values():
@@ -534,23 +647,25 @@ def _run_netx_conv(path: Path, x: np.ndarray, in_shape: tuple[int, int, int], *,
 
 
 def _compare_conv(dep, path, x, in_shape, **netx_args) -> np.ndarray:
-    """netx on Lava == our lava-sim == our emulator, spike for spike over consecutive samples."""
+    """netx on Lava == our lava-sim (native Lava Conv processes) == our emulator (native conv
+    layers), spike for spike over consecutive samples."""
     from snn_deploy.run.emulator import run_emulator
     from snn_deploy.run.lava_sim import run_lava_sim
 
     theirs = _run_netx_conv(path, x, in_shape, **netx_args)
-    ours = run_lava_sim(dep, x).output
-    mismatch = np.argwhere(ours != theirs)
-    assert mismatch.size == 0, (f"{len(mismatch)} of {ours.size} spike slots differ, first"
-                                f" (step, sample, neuron): {mismatch[:5].tolist()}")
-    np.testing.assert_array_equal(run_emulator(dep, x).output, theirs)
+    for backend, run in (("lava-sim", run_lava_sim), ("emulator", run_emulator)):
+        ours = run(dep, x).output
+        mismatch = np.argwhere(ours != theirs)
+        assert mismatch.size == 0, (f"{backend}: {len(mismatch)} of {ours.size} spike slots differ,"
+                                    f" first (step, sample, neuron): {mismatch[:5].tolist()}")
     return theirs
 
 
 @pytest.mark.slow
 def test_conv_layers_import_and_run_like_netx(tmp_path):
-    """Asymmetric kernels, strides, padding, dilation and groups, odd mixed-sign weights (the
-    Dense holds 2 w at exponent -1), per-channel biases, conv -> conv -> flatten -> dense."""
+    """Asymmetric kernels, strides, padding, dilation and groups, odd mixed-sign weights (native
+    conv layers hold them as stored, at exponent 0), per-channel biases, conv -> conv -> flatten
+    -> dense."""
     rng = np.random.default_rng(7)
     neuron = {**CUBA, "vThMant": 60}
     layers = [
@@ -570,7 +685,9 @@ def test_conv_layers_import_and_run_like_netx(tmp_path):
     path = _write_h5(tmp_path / "conv.net", layers)
     dep = read_netx(path, profile=load_profile("loihi2"))
     assert dep.input_size == 2 * 7 * 6 and [layer.size for layer in dep.layers] == [84, 27, 5]
-    assert dep.layers[0].weight_exp == -1 and dep.layers[0].sign_mode == "mixed"
+    assert [layer.kind for layer in dep.layers] == ["conv", "conv", "dense"]
+    assert dep.layers[0].weight_exp == 0 and dep.layers[0].conv.stride == (1, 2)
+    np.testing.assert_array_equal(dep.layers[0].weights, layers[1]["weight"][..., 0])
     x = (rng.random((14, 3, dep.input_size)) < 0.5).astype(np.float32)
     assert _compare_conv(dep, path, x, (2, 7, 6)).sum() > 10, "the test network must spike"
 
@@ -601,8 +718,14 @@ def test_conv_input_shape_and_flatten_are_required(tmp_path):
     with pytest.raises(InputFileError, match=r"gives \(2, 2, 2\), but the layer's shape is \(2, 3, 3\)"):
         read_netx(path, profile=load_profile("loihi2"))
     mixed = np.full((2, 1, 2, 2, 1), 201.0)
-    mixed[0, 0, 0, 0, 0] = -3.0  # odd, mixed in sign and > 127: no exact Dense
+    mixed[0, 0, 0, 0, 0] = -3.0  # odd, mixed in sign and > 127: a Conv takes them as they are
     odd = {**conv, "weight": mixed}
     path = _write_h5(tmp_path / "odd.net", [{"type": "input", "shape": np.array([1, 3, 3])}, odd])
-    with pytest.raises(UnsupportedNode, match="no exact form"):
+    dep = read_netx(path, profile=load_profile("loihi2"))
+    np.testing.assert_array_equal(dep.layers[0].weights, mixed[..., 0])
+    mixed[1, 0, 1, 1, 0] = 300.0  # beyond the 9-bit mixed mantissas
+    path = _write_h5(tmp_path / "big.net", [{"type": "input", "shape": np.array([1, 3, 3])},
+                                            {**conv, "weight": mixed}])
+    with pytest.raises(QuantizationError,
+                       match=r"layer 0 \(lif1\): mixed weights -3\.\.300 outside -256\.\.255"):
         read_netx(path, profile=load_profile("loihi2"))

@@ -10,8 +10,8 @@ from lava.utils.weightutils import SignMode, clip_weights, truncate_weights
 from snn_deploy.convert.nirgraph import FloatLayer, NeuronSpec
 from snn_deploy.errors import InputFileError, QuantizationError
 from snn_deploy.profiles import load_profile
-from snn_deploy.quantize.deployment import load_deployment, save_deployment
 from snn_deploy.quantize.dense_grid import sign_mode_of, weight_grid
+from snn_deploy.quantize.deployment import load_deployment, save_deployment
 from snn_deploy.quantize.fixed_point import bias_transient, quantize_layer
 
 PROFILE = load_profile("loihi2")

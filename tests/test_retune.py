@@ -13,6 +13,7 @@ from snn_deploy.coding import encode
 from snn_deploy.convert.nirfile import read_nir_bytes
 from snn_deploy.convert.nirgraph import graph_to_network
 from snn_deploy.errors import UserError
+from snn_deploy.quantize.dense_grid import lava_dense_grid
 from snn_deploy.quantize.deployment import (
     Deployment,
     load_deployment,
@@ -21,7 +22,6 @@ from snn_deploy.quantize.deployment import (
 )
 from snn_deploy.quantize.fidelity import fidelity, format_fidelity
 from snn_deploy.quantize.finetune import Adversary
-from snn_deploy.quantize.dense_grid import lava_dense_grid
 from snn_deploy.quantize.retune import Simulators, check_bounds, retune
 from snn_deploy.run.emulator import run_emulator
 from snn_deploy.run.float_backend import run_float

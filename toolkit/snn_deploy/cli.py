@@ -24,9 +24,11 @@ from snn_deploy.cli_options import (
     Finite,
     StepBar,
     attack_options,
+    check_run_outputs,
     check_train_flags,
     epoch_reporter,
     progress_bar,
+    run_options,
     say,
     slurm_options,
     train_options,
@@ -170,7 +172,8 @@ def deploy(model, profile, dt, dataset, calibration, seed, out, netx_out, retune
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Deployment file (.deploy.h5).")
 def import_netx(net, profile, skip_layers, num_layers, out) -> None:
-    """Read a lava-dl netx network (.net: dense, dense_rec and conv layers) into a Deployment."""
+    """Read a lava-dl netx network (.net: input, dense, dense_rec and conv layers) into a
+    Deployment."""
     from snn_deploy import api
 
     api.check_outputs(out, inputs=(net, api.profile_file(profile)))
@@ -179,8 +182,7 @@ def import_netx(net, profile, skip_layers, num_layers, out) -> None:
         click.echo(f"warning: {message}", err=True)
     result.write(out)
     dep = result.deployment
-    sizes = "-".join(str(s) for s in [dep.input_size, *(layer.size for layer in dep.layers)])
-    click.echo(f"imported {net}: {len(dep.layers)} layers ({sizes}); wrote {out}")
+    click.echo(f"imported {net}: {len(dep.layers)} layers ({result.sizes()}); wrote {out}")
 
 
 @cli.command()
@@ -229,19 +231,25 @@ def evaluate(model, backend, device, dataset, limit, steps, seed, dt, energy_pro
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="emulator", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device (float, emulator).")
 @click.option("--dt", type=POSITIVE, default=None, help="Time step (s) for graphs without one.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output layer spikes (.npy, uint8), in the input's layout.")
+@run_options
 @slurm_options
-def run(model, input_path, backend, device, dt, out, partition, board) -> None:
-    """Run a Deployment (or a NIR graph on float) on given input; save the output spikes."""
+def run(model, input_path, backend, device, dt, out, input_as, steps, record, out_dir,
+        reset_interval, probe_v, partition, board) -> None:
+    """Run a Deployment (or a NIR graph on float) on given input; save the output spikes (and,
+    with --record, every layer's spikes, u and v)."""
     from snn_deploy import api
 
+    probes = check_run_outputs(out=out, record=record, out_dir=out_dir)
     api.check_outputs(out, inputs=(model, input_path))
     result = api.run(model, input_path=input_path, backend=backend, device=device, dt=dt,
-                     partition=partition, board=board)
-    result.write(out)
+                     partition=partition, board=board, input_as=input_as, steps=steps,
+                     record=probes, reset_interval=reset_interval, v_convention=probe_v)
+    written = result.write(out, out_dir if probes else None)
     click.echo(f"{backend}: {result.samples} sample(s) x {result.steps} steps -> output"
-               f" {tuple(result.output.shape)}, {int(result.output.sum())} spikes; wrote {out}")
+               f" {tuple(result.output.shape)}, {int(result.output.sum())} spikes; wrote"
+               f" {out or out_dir}" + (f" ({len(written)} files)" if probes else ""))
 
 
 @cli.command()

@@ -22,6 +22,8 @@ from snn_deploy.data import DATASETS
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.retune import MODES as RETUNE_MODES
 from snn_deploy.run.backends import BACKENDS, DEPLOYED_BACKENDS
+from snn_deploy.run.emulator import INPUT_AS
+from snn_deploy.run.probes import PROBES, V_CONVENTIONS, parse_probes
 from snn_deploy.train.ann import ADVERSARIAL as ANN_ADVERSARIAL
 from snn_deploy.train.bptt import INITS, LOSSES
 from snn_deploy.train.perturbed import ADVERSARIES
@@ -261,3 +263,41 @@ attack_options = option_stack(  # snn-deploy attack (with slurm_options)
     click.option("--report-dir", type=click.Path(file_okay=False), default=None,
                  help="Write report.json, report.md and PNG plots into this folder."),
 )
+
+
+run_options = option_stack(  # snn-deploy run: input modes and per-layer recording (emulator)
+    click.option("--input-as", type=click.Choice(list(INPUT_AS)), default="spikes",
+                 show_default=True,
+                 help="spikes: time-major input through the first synapse; bias: one integer per"
+                      " neuron of the Deployment's input layer, held as its bias for --steps"
+                      " (netx's input block; emulator)."),
+    click.option("--steps", type=STEPS, default=None, help="Time steps of a --input-as bias run."),
+    click.option("--record", default=None,
+                 help=f"Also record every layer's {', '.join(PROBES)} (comma-separated; emulator),"
+                      " one LAYER-spikes.npy / -u.npy / -v.npy per layer in --out-dir,"
+                      " time-major (T, C, H, W) or (T, n), a batch axis after T for batched input."),
+    click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+                 help="Folder for the --record files."),
+    click.option("--reset-interval", type=STEPS, default=None,
+                 help="Record in Lava's global time, every synapse one step late and layer i"
+                      " reset when t % interval == i, as netx.hdf5.Network(reset_interval=...)"
+                      " runs (default: each layer in its own time, every sample from rest)."),
+    click.option("--probe-v", type=click.Choice(list(V_CONVENTIONS)), default="lava",
+                 show_default=True,
+                 help="v in the step a neuron spikes: lava (0, Lava's v.get()) or chip (128, as"
+                      " Loihi 2's probes read it in lava-dl's recordings)."),
+)
+
+
+def check_run_outputs(*, out: str | None, record: str | None,
+                      out_dir: str | None) -> tuple[str, ...]:
+    """The probes --record asks for; refuses a run that would write nothing, or --record without
+    --out-dir."""
+    probes = parse_probes(record) if record is not None else ()
+    if probes and out_dir is None:
+        raise UserError("--record needs --out-dir (the folder for the layer files)")
+    if out_dir is not None and not probes:
+        raise UserError("--out-dir holds --record files: give --record spikes,u,v")
+    if out is None and not probes:
+        raise UserError("give --out (the output spikes) or --record with --out-dir")
+    return probes

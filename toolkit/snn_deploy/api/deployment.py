@@ -45,7 +45,8 @@ from snn_deploy.run.twin import EmulatorTwin
 
 def layer_rows(dep: Deployment) -> list[dict]:
     """Per layer what ``deploy`` prints: formats, decays, threshold and how much saturated."""
-    return [{"layer": layer.neuron, "neurons": layer.size, "sign": layer.sign_mode,
+    return [{"layer": layer.neuron, "kind": layer.kind, "shape": list(layer.shape or (layer.size,)),
+             "neurons": layer.size, "sign": layer.sign_mode,
              "w_exp": layer.weight_exp, "du": layer.du, "dv": layer.dv, "vth": layer.vth,
              "saturated_share": layer.stats.saturated_share,
              "u_peak_share": layer.stats.u_peak_share} for layer in dep.layers]
@@ -219,10 +220,19 @@ class ImportResult:
     def write(self, out: str | Path) -> None:
         save_deployment(self.deployment, out)
 
+    def sizes(self) -> str:
+        """"64-256-10": the input width, then each layer's neurons (an input layer of neurons
+        is the input), shapes as CxHxW."""
+        dep = self.deployment
+        shapes = [layer.shape or (layer.size,) for layer in dep.layers]
+        if dep.layers[0].kind != "input":
+            shapes.insert(0, (dep.input_size,))
+        return "-".join("x".join(str(d) for d in shape) for shape in shapes)
+
 
 def import_netx(net: str | Path, *, profile: str = "loihi2", skip_layers: int = 0,
                 num_layers: int | None = None) -> ImportResult:
-    """A lava-dl netx network (.net: dense, dense_rec and conv layers) -> Deployment;
+    """A lava-dl netx network (.net: input, dense, dense_rec and conv layers) -> Deployment;
     ``skip_layers`` / ``num_layers`` as netx's ``Network``."""
     from snn_deploy.quantize.netx_read import read_netx
 

@@ -30,8 +30,8 @@ import torch
 from snn_deploy.coding import DecoderSpec
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
-from snn_deploy.run.layer_constants import lava_weights
 from snn_deploy.run.float_backend import LayerParams, float_loop
+from snn_deploy.run.layer_constants import lava_weights
 from snn_deploy.run.twin import SURROGATES, EmulatorTwin, surrogate_spike
 from snn_deploy.targets import Target
 

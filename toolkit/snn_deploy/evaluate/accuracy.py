@@ -13,7 +13,7 @@ from snn_deploy.bounds import MAX_STEPS
 from snn_deploy.coding import MEMBRANE_DECODERS, DecoderSpec, decoder_predict, encode, encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
-from snn_deploy.evaluate.counts import ActivityCounts, activity
+from snn_deploy.evaluate.counts import ActivityCounts, activity, fanout
 from snn_deploy.run.backends import BACKENDS, DEPLOYED_BACKENDS, Backend, FloatBackend, Record
 from snn_deploy.run.recording import OnChipMeasurement, Recording
 from snn_deploy.targets import Target
@@ -45,7 +45,7 @@ def _synapses(target: Target, backend: str) -> tuple[list[np.ndarray], list[np.n
     """The weights the backend runs: per layer, feed-forward and recurrent (or None)."""
     if backend in DEPLOYED_BACKENDS:
         layers = target.require_deployment().layers
-        return ([layer.weights for layer in layers],
+        return ([fanout(layer) for layer in layers],
                 [None if layer.recurrent is None else layer.recurrent.weights for layer in layers])
     if target.checkpoint is not None:
         return [m.weight.detach().numpy() for m in list(target.checkpoint.net)[::2]], []

@@ -30,6 +30,7 @@ import numpy as np
 
 from snn_deploy.profiles import LIMIT_KEYS, Limits, Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
+from snn_deploy.run.layer_constants import require_dense
 
 CHIP_LIMITS = ("cores_per_chip", "neurons_per_chip", "synapses_per_chip")
 CORE_LIMITS = ("neurons_per_core", "synaptic_memory_bits_per_core", "fan_in_per_core")
@@ -203,6 +204,7 @@ def layer_resources(layer: QuantLayer, limits: Limits, *, profile: str) -> Layer
 
 def resources(dep: Deployment, profile: Profile) -> ResourceReport:
     """The cores and chips ``dep`` needs under ``profile``'s ``[limits]``, and whether it fits."""
+    require_dense(dep, "resources")
     limits = profile.limits
     layers = tuple(layer_resources(layer, limits, profile=profile.name) for layer in dep.layers)
     neurons = sum(r.neurons for r in layers)

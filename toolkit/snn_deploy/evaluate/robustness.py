@@ -28,8 +28,14 @@ from snn_deploy.attack.sources import make_source
 from snn_deploy.coding import encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
-from snn_deploy.evaluate.accuracy import (BackendRef, _synapses, backend_of, recording_logits,
-                                          recording_predictions, run_backend)
+from snn_deploy.evaluate.accuracy import (
+    BackendRef,
+    _synapses,
+    backend_of,
+    recording_logits,
+    recording_predictions,
+    run_backend,
+)
 from snn_deploy.evaluate.counts import ActivityCounts, activity
 from snn_deploy.evaluate.energy import Energy, price
 from snn_deploy.profiles import Profile

@@ -1,7 +1,10 @@
 """The Deployment: a network in a profile's integer formats, saved as versioned HDF5.
 
 A Deployment file records the profile it was made for (its TOML text and hash), the source NIR
-file's SHA-256 and the source file itself (so the float reference travels with it).
+file's SHA-256 and the source file itself (so the float reference travels with it). Format 2 adds
+each layer's kind, its neurons' (C, H, W) shape and a conv's geometry as attributes of the layer
+group (``kind``, ``shape``, ``conv_*``); a format-1 file (no ``kind``) holds dense layers only and
+still loads. ``validate_deployment`` runs the checks of ``quantize.validation``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,18 @@ from snn_deploy.errors import InputFileError, ProfileError, QuantizationError
 from snn_deploy.fileio import atomic_path
 from snn_deploy.hdf5_limits import open_checked
 from snn_deploy.profiles import Profile, parse_profile
+from snn_deploy.quantize.validation import (
+    check_conv,
+    check_dense,
+    check_input,
+    check_input_layer,
+    check_neurons,
+    check_shape,
+)
 
 FORMAT_TAG = "snn-deploy-deployment"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: layer kinds (dense, conv, input), neuron shapes, conv geometry
+READ_VERSIONS = (1, 2)  # a version-1 file holds dense layers only
 SIGN_MODES = lava.SIGN_MODES
 
 
@@ -53,6 +65,36 @@ class RecurrentSynapse:
     num_weight_bits: int
 
 
+# What feeds a layer's neurons: a Lava Dense (``weights`` (n, n_in)), a Lava Conv (``weights``
+# (C_out, C_in / groups, kH, kW), ``conv`` its geometry) or nothing, for an input layer of neurons
+# (``weights`` (n, 0)): the data enter as its bias (netx's ``input`` block) or as its input current.
+LAYER_KINDS = ("dense", "conv", "input")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """A Lava ``Conv`` (lava/proc/conv, ``PyConvModelFixed``): the 2-D cross-correlation of the
+    (C, H, W) spikes with the (C_out, C_in / groups, kH, kW) mantissas, torch's ``conv2d`` in CHW
+    order, zero padding, per group; (stride, padding, dilation) are (H, W) pairs. The fixed-point
+    Conv applies no weight exponent (``weight_exp`` is 0) and no truncation, and its output wraps
+    into 24 bits: a = (a + 2**23) mod 2**24 - 2**23. Shapes: out = floor((in + 2 p - d (k - 1) - 1)
+    / s) + 1 per axis (lava/proc/conv/utils.py ``output_shape``)."""
+
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @staticmethod
+    def output_hw(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                  padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
+        return tuple((i + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[return-value]
+                     for i, k, s, p, d in zip(in_hw, kernel, stride, padding, dilation))
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantLayer:
     """A Lava ``Dense`` (integer weights) feeding a Lava CUBA ``LIF`` population, in Loihi 2's
@@ -73,8 +115,15 @@ class QuantLayer:
     one step later on Lava; every simulator here runs each layer in its own local time, every
     sample from rest. ``run.lif_core`` is the one implementation of these equations.
 
+    For ``kind`` "conv" the synapse is a Lava ``Conv`` (``ConvGeometry``):
+    a_t = wrap24(conv2d(s_{t-1}, weights)), no exponent, the rest as above. For ``kind`` "input"
+    there is no synapse: a_t is the data (input current), or the data are the bias mantissas of
+    each step (``--input-as bias``, netx's ``input`` block). Lava's ``LIFReset`` zeroes u and v
+    before the update of its reset steps (``run.emulator.Pipeline``).
+
     ``weights`` are int32 mantissas (n_out, n_in), already on the grid Lava's fixed-point Dense
-    uses (clipped and truncated for ``sign_mode`` and ``num_weight_bits``). ``scale`` is the number
+    uses (clipped and truncated for ``sign_mode`` and ``num_weight_bits``); a conv's are
+    (C_out, C_in / groups, kH, kW), an input layer's (n, 0). ``scale`` is the number
     of integer voltage units per float voltage unit of the source graph.
     """
 
@@ -93,10 +142,14 @@ class QuantLayer:
     scale: float
     stats: LayerStats
     recurrent: RecurrentSynapse | None = None
+    kind: str = "dense"  # a key of LAYER_KINDS
+    conv: ConvGeometry | None = None  # for kind "conv"
+    shape: tuple[int, ...] = ()  # the neurons' (C, H, W) shape; () for a flat (n,) layer
 
     @property
     def size(self) -> int:
-        return int(self.weights.shape[0])
+        """Number of neurons."""
+        return int(np.prod(self.shape)) if self.shape else int(self.weights.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +173,18 @@ class Deployment:
 # 112 MB as int32, a few MB compressed); gzip level 1 is fast and deterministic.
 _COMPRESSED = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 _LAYER_SCALARS = ("weight_exp", "num_weight_bits", "num_message_bits", "du", "dv", "vth")
+_CONV_PAIRS = ("kernel", "stride", "padding", "dilation")
+
+
+def _write_kind(g: h5py.Group, layer: QuantLayer) -> None:
+    """Format 2: the layer's kind, its neurons' shape when set, a conv's geometry (``conv_*``)."""
+    g.attrs["kind"] = layer.kind
+    if layer.shape:
+        g.attrs["shape"] = np.asarray(layer.shape, dtype=np.int64)
+    if layer.conv is not None:
+        for key in ("in_shape", "out_shape", *_CONV_PAIRS):
+            g.attrs[f"conv_{key}"] = np.asarray(getattr(layer.conv, key), dtype=np.int64)
+        g.attrs["conv_groups"] = int(layer.conv.groups)
 
 
 def save_deployment(dep: Deployment, path: str | Path) -> None:
@@ -147,7 +212,9 @@ def save_deployment(dep: Deployment, path: str | Path) -> None:
             g.attrs["scale"] = layer.scale
             for key in _LAYER_SCALARS:
                 g.attrs[key] = int(getattr(layer, key))
-            g.create_dataset("weights", data=layer.weights.astype(np.int32), **_COMPRESSED)
+            _write_kind(g, layer)
+            g.create_dataset("weights", data=layer.weights.astype(np.int32),
+                             **(_COMPRESSED if layer.weights.size else {}))
             g.create_dataset("bias_mant", data=layer.bias_mant.astype(np.int32))
             g.create_dataset("bias_exp", data=layer.bias_exp.astype(np.int32))
             if layer.recurrent is not None:
@@ -231,8 +298,30 @@ def _read_recurrent(g: h5py.Group, where: str) -> RecurrentSynapse | None:
                                                      f"{where}: recurrent num_weight_bits"))
 
 
+def _int_tuple(value: object, what: str, size: int | None = None) -> tuple[int, ...]:
+    """A stored 1-d integer array as a tuple (of ``size`` entries when given)."""
+    arr = _int32_array(value, what)
+    if arr.ndim != 1 or (size is not None and arr.size != size):
+        raise InputFileError(f"{what} must be {size or 'a list of'} integers, got shape {arr.shape}")
+    return tuple(int(v) for v in arr)
+
+
+def _read_kind(a: h5py.AttributeManager, where: str) -> dict:
+    """The format-2 fields; a version-1 layer (no ``kind``) is a flat dense layer."""
+    fields: dict = {"kind": _text(a.get("kind", "dense"))}
+    if "shape" in a:
+        fields["shape"] = _int_tuple(a["shape"], f"{where}: shape")
+    if "conv_in_shape" in a:
+        sizes = {"in_shape": 3, "out_shape": 3, **{k: 2 for k in _CONV_PAIRS}}
+        fields["conv"] = ConvGeometry(
+            **{k: _int_tuple(a[f"conv_{k}"], f"{where}: conv {k}", n) for k, n in sizes.items()},
+            groups=_integer(a["conv_groups"], f"{where}: conv groups"))
+    return fields
+
+
 def _read_layer(g: h5py.Group, where: str) -> QuantLayer:
     return QuantLayer(
+        **_read_kind(g.attrs, where),
         synapse=_text(g.attrs["synapse"]), neuron=_text(g.attrs["neuron"]),
         weights=_int32_array(g["weights"], f"{where}: weights"),
         sign_mode=_text(g.attrs["sign_mode"]), scale=_real(g.attrs["scale"], f"{where}: scale"),
@@ -255,10 +344,10 @@ def load_deployment(path: str | Path) -> Deployment:
                 raise InputFileError(f"{path} is not an snn-deploy deployment (no '{FORMAT_TAG}' tag)")
             version = np.asarray(f.attrs.get("version", -1))
             if not (version.shape == () and version.dtype.kind in "iu"
-                    and int(version) == FORMAT_VERSION):
+                    and int(version) in READ_VERSIONS):
                 raise InputFileError(
-                    f"{path}: deployment format version {version} is not supported"
-                    f" (this snn-deploy reads version {FORMAT_VERSION})"
+                    f"{path}: deployment format version {version} is not supported (this"
+                    f" snn-deploy reads versions {', '.join(map(str, READ_VERSIONS))})"
                 )
             profile = parse_profile(_text(f.attrs["profile_toml"]), origin=f"{path}:profile")
             if profile.sha256 != _text(f.attrs["profile_sha256"]):
@@ -285,108 +374,23 @@ def load_deployment(path: str | Path) -> Deployment:
     return dep
 
 
-def _outside(values: np.ndarray, lo: int, hi: int) -> str | None:
-    """The span "min..max" of ``values`` when some lie outside lo..hi, else None."""
-    if values.size and (values.min() < lo or values.max() > hi):
-        return f"{values.min()}..{values.max()}"
-    return None
-
-
-def _check_weights(w: np.ndarray, *, sign_mode: str, weight_exp: int, num_weight_bits: int,
-                   p: Profile, what: str) -> None:
-    """A Dense's mantissas, exponent and weight bits within the profile's formats."""
-    if sign_mode not in SIGN_MODES:
-        raise QuantizationError(f"{what}: unknown sign mode {sign_mode!r}, expected one of"
-                                f" {', '.join(SIGN_MODES)}")
-    if not np.issubdtype(w.dtype, np.integer):
-        raise QuantizationError(f"{what}: weights of dtype {w.dtype} are not integer mantissas")
-    lo, hi = lava.weight_clip_range(sign_mode, p.weight_bits)
-    found = _outside(w, lo, hi)
-    if found:
-        raise QuantizationError(f"{what}: {sign_mode} weights {found} outside {lo}..{hi}"
-                                f" ({p.weight_bits}-bit mantissas)")
-    if not p.weight_exp_min <= weight_exp <= p.weight_exp_max:
-        raise QuantizationError(f"{what}: weight_exp {weight_exp} outside the profile's"
-                                f" {p.weight_exp_min}..{p.weight_exp_max}")
-    lo, hi = lava.num_weight_bits_range(sign_mode, p.weight_bits)
-    if not lo <= num_weight_bits <= hi:
-        raise QuantizationError(f"{what}: num_weight_bits {num_weight_bits} outside {lo}..{hi}"
-                                f" ({sign_mode} sign mode)")
-
-
-def _check_stats(s: LayerStats, n: int, where: str) -> None:
-    ints = (s.weights_total, s.weights_saturated, s.bias_saturated)
-    if (not all(isinstance(v, (int, np.integer)) and v >= 0 for v in ints)
-            or s.weights_saturated > s.weights_total or s.bias_saturated > n
-            or not math.isfinite(s.u_peak_share) or s.u_peak_share < 0):
-        raise QuantizationError(
-            f"{where}: impossible stats: {s.weights_saturated} of {s.weights_total} weights and"
-            f" {s.bias_saturated} of {n} biases saturated, u peak share {s.u_peak_share}"
-        )
-
-
-def _check_input(dep: Deployment, origin: str) -> None:
-    """Deployment-wide fields: at least one layer, a positive finite dt, an input width and an
-    input scale that the first layer's messages can carry."""
-    if not dep.layers:
-        raise QuantizationError(f"{origin}: the deployment has no layers")
-    if dep.input_size < 1:
-        raise QuantizationError(f"{origin}: input_size {dep.input_size} must be >= 1")
-    if not (math.isfinite(dep.dt) and dep.dt > 0):
-        raise QuantizationError(f"{origin}: dt = {dep.dt} must be a finite number > 0 (seconds)")
-    bits = dep.layers[0].num_message_bits
-    if not 0 <= bits <= lava.MESSAGE_BITS:
-        raise QuantizationError(f"{origin}: layer 0: num_message_bits {bits} outside"
-                                f" 0..{lava.MESSAGE_BITS}")
-    top = (1 << bits) - 1 if bits else 1
-    if not 1 <= dep.input_scale <= top:
-        how = (f"graded input of {bits} bits carries 1..{top}" if top > 1 else
-               "binary input spikes (num_message_bits 0) take input_scale 1")
-        raise QuantizationError(f"{origin}: input_scale {dep.input_scale} is impossible: {how}")
-
-
 def validate_deployment(dep: Deployment, *, origin: str) -> None:
     """Check shapes and every value against the profile's formats (themselves within Lava's,
-    snn_deploy/lava_formats.py); raises QuantizationError naming the layer and the range."""
-    _check_input(dep, origin)
+    snn_deploy/lava_formats.py), per layer kind (``quantize.validation``); raises
+    QuantizationError naming the layer and the range."""
+    check_input(dep, origin)
     width = dep.input_size
-    p = dep.profile
-    unity = p.decay_unity
-    du_max = unity - max(p.du_offset, 1)  # 12-bit du, and du + du_offset <= 4096
-    dv_max = unity - p.dv_offset  # dv = 4096 (dm_offset 0) forgets v each step
     for i, layer in enumerate(dep.layers):
         where = f"{origin}: layer {i} ({layer.neuron})"
-        if layer.weights.ndim != 2 or layer.weights.shape[1] != width or layer.size < 1:
-            raise QuantizationError(f"{where}: weights of shape {layer.weights.shape} do not take"
-                                    f" {width} inputs to at least one neuron")
-        n = layer.size
-        if layer.bias_mant.shape != (n,) or layer.bias_exp.shape != (n,):
-            raise QuantizationError(f"{where}: bias arrays do not have shape ({n},)")
-        _check_weights(layer.weights, sign_mode=layer.sign_mode, weight_exp=layer.weight_exp,
-                       num_weight_bits=layer.num_weight_bits, p=p, what=where)
-        rec = layer.recurrent
-        if rec is not None:
-            if rec.weights.shape != (n, n):
-                raise QuantizationError(f"{where}: recurrent weights of shape {rec.weights.shape};"
-                                        f" expected ({n}, {n})")
-            _check_weights(rec.weights, sign_mode=rec.sign_mode, weight_exp=rec.weight_exp,
-                           num_weight_bits=rec.num_weight_bits, p=p, what=f"{where} recurrent")
-        if not 0 <= layer.num_message_bits <= lava.MESSAGE_BITS:
-            raise QuantizationError(f"{where}: num_message_bits {layer.num_message_bits} outside"
-                                    f" 0..{lava.MESSAGE_BITS}")
-        if not (0 <= layer.du <= du_max and 0 <= layer.dv <= dv_max):
-            raise QuantizationError(f"{where}: du={layer.du}, dv={layer.dv} outside 0..{du_max},"
-                                    f" 0..{dv_max} ({p.decay_bits}-bit decays)")
-        if not 0 <= layer.vth <= p.vth_max:
-            raise QuantizationError(f"{where}: vth={layer.vth} outside 0..{p.vth_max}")
-        found = _outside(layer.bias_mant, -p.bias_mant_max - 1, p.bias_mant_max)
-        if found:
-            raise QuantizationError(f"{where}: bias_mant {found} outside {-p.bias_mant_max - 1}.."
-                                    f"{p.bias_mant_max} ({p.bias_mant_bits}-bit signed)")
-        found = _outside(layer.bias_exp, 0, p.bias_exp_max)
-        if found:
-            raise QuantizationError(f"{where}: bias_exp {found} outside 0..{p.bias_exp_max}")
-        if not (math.isfinite(layer.scale) and layer.scale > 0):
-            raise QuantizationError(f"{where}: scale {layer.scale} must be a finite number > 0")
-        _check_stats(layer.stats, n, where)
-        width = n
+        if layer.kind not in LAYER_KINDS:
+            raise QuantizationError(f"{where}: unknown layer kind {layer.kind!r}, expected one of"
+                                    f" {', '.join(LAYER_KINDS)}")
+        check_shape(layer, where)
+        if layer.kind == "conv":
+            check_conv(layer, width, dep.profile, where)
+        elif layer.kind == "input":
+            check_input_layer(layer, i, dep.input_size, dep.profile, where)
+        else:
+            check_dense(layer, width, dep.profile, where)
+        check_neurons(layer, dep.profile, where)
+        width = layer.size

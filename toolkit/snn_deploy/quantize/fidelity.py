@@ -30,8 +30,8 @@ import numpy as np
 
 from snn_deploy.convert.nirgraph import FloatNetwork
 from snn_deploy.errors import UserError
-from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.quantize.dense_grid import weight_grid
+from snn_deploy.quantize.deployment import Deployment, QuantLayer
 
 
 @dataclasses.dataclass(frozen=True)

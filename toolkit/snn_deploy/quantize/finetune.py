@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from snn_deploy.coding import Coding, encode
 from snn_deploy.errors import UserError
-from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.quantize.dense_grid import lava_dense_grid
+from snn_deploy.quantize.deployment import Deployment, QuantLayer
 
 # Lower bound on a fine-tuned threshold, relative to its value before fine-tuning: Özdenizci &
 # Legenstein (TMLR 2024, arXiv 2311.09266) clamp fine-tuned thresholds at >= 0.03 (REFERENCES.md 4).

@@ -1,12 +1,12 @@
 """One lava-dl netx layer -> one QuantLayer, as netx builds it on Lava (stage 3: netx import).
 
 ``read_dense`` maps a ``dense`` or ``dense_rec`` layer through netx's own weight mapping
-(``netx.netx_synapse``, ``netx.netx_recurrent``). A ``conv`` layer is lowered to a Dense on C-major
-(C, H, W) vectors (``read_conv``), exact where a Dense can sum what Lava's Conv sums, refused where
-it cannot. A neuron's ``messageBits`` becomes the next Dense's ``num_message_bits`` as in netx;
-Lava's LIF still sends 0/1 spikes, so between layers this changes nothing (netx ignores
-``gradedSpike``, and so does this import, with a warning). The network as a whole, and which
-layers a Deployment can hold at all, is ``netx_read``'s.
+(``netx.netx_synapse``, ``netx.netx_recurrent``). A ``conv`` layer becomes a native Lava Conv
+layer with the stored kernel (``read_conv``), an ``input`` layer with a neuron an input layer of
+neurons that takes its data as bias (``read_input``). A neuron's ``messageBits`` becomes the next
+synapse's ``num_message_bits`` as in netx; Lava's LIF still sends 0/1 spikes, so between layers
+this changes nothing (netx ignores ``gradedSpike``, and so does this import, with a warning).
+The network as a whole, and which layers a Deployment can hold at all, is ``netx_read``'s.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import h5py
 import numpy as np
 
 from snn_deploy.errors import InputFileError, UnsupportedNode
-from snn_deploy.quantize.deployment import LayerStats, QuantLayer, RecurrentSynapse
-from snn_deploy.quantize.dense_grid import lava_dense_grid, sign_mode_of
+from snn_deploy.quantize.dense_grid import lava_dense_grid
+from snn_deploy.quantize.deployment import ConvGeometry, LayerStats, QuantLayer, RecurrentSynapse
 from snn_deploy.quantize.netx import (
     LAVA_FORMATS,
     NETX_BIAS_EXP,
+    NETX_WEIGHT_BITS,
     SLAYER_SCALE,
     NetxSynapse,
     netx_recurrent,
@@ -170,26 +171,6 @@ def _pair(g: h5py.Group, key: str, default: int, where: str) -> tuple[int, int]:
     return y, x
 
 
-def _dense_of_conv(weight: np.ndarray, where: str) -> tuple[np.ndarray, int, str]:
-    """(weights, weight_exp, sign_mode) of a Lava Dense that sums exactly what Lava's Conv sums.
-
-    Lava's fixed-point Conv (lava/proc/conv/models.py, PyConvModelFixed) multiplies with the
-    weights as netx hands them over: no clip, no truncation, no weight exponent. A Dense clips and
-    truncates to its grid (8 bits; mixed sign mode drops the lowest bit) and shifts by its
-    exponent, so the conv's weights w go in as w * 2**-e for the first e in 0, -1, 1, 2, ...
-    that puts them on the grid: at e = -1 the Dense sums 2 w s and halves it, exactly.
-    """
-    for e in (0, -1, *range(1, 8)):
-        if e > 0 and np.any(weight % (1 << e)):
-            break
-        mant = weight << -e if e <= 0 else weight >> e
-        mode = sign_mode_of(mant)
-        if np.array_equal(lava_dense_grid(mant, sign_mode=mode, num_weight_bits=8), mant):
-            return mant.astype(np.int32), e, mode
-    raise UnsupportedNode(f"{where}: conv weights {weight.min()}..{weight.max()} have no exact"
-                          " form on a Lava Dense's 8-bit grid (Lava's Conv uses them unclipped)")
-
-
 def _conv_kernel(g: h5py.Group, shape: tuple[int, ...], where: str) -> np.ndarray:
     """The stored kernel as int64 (C_out, C_in / groups, kH, kW) for a (C, H, W) layer ``shape``.
 
@@ -200,6 +181,8 @@ def _conv_kernel(g: h5py.Group, shape: tuple[int, ...], where: str) -> np.ndarra
     if weight.dtype.kind == "f" and (not np.all(np.isfinite(weight))
                                      or np.any(weight != np.round(weight))):
         raise InputFileError(f"{where}: weights must be finite integers (Lava's Conv holds int32)")
+    if weight.size and np.abs(weight.astype(np.float64)).max() >= 2.0**31:
+        raise InputFileError(f"{where}: weights {weight.min()}..{weight.max()} beyond int32")
     if weight.ndim == 5 and weight.shape[4] == 1:  # slayer's (C_out, C_in, kH, kW, 1)
         weight = weight[..., 0]
     if weight.ndim != 4 or len(shape) != 3:
@@ -209,19 +192,16 @@ def _conv_kernel(g: h5py.Group, shape: tuple[int, ...], where: str) -> np.ndarra
 
 
 def read_conv(g: h5py.Group, i: int, *, in_shape: tuple[int, ...] | None, message_bits: int,
-               origin: str) -> tuple[QuantLayer, tuple[int, int, int]]:
-    """A netx ``conv`` layer lowered to a Dense on C-major (C, H, W) vectors, and its output shape.
+              origin: str) -> tuple[QuantLayer, tuple[int, int, int]]:
+    """A netx ``conv`` layer as a native Lava Conv layer (kind "conv"), and its output shape.
 
     netx (hdf5.py ``create_conv``) flips the stored (C_out, C_in / groups, kH, kW) kernel and
     hands it to Lava's ``Conv``, whose convolution then equals torch's cross-correlation with the
-    stored kernel; stride, padding and dilation are stored in (y, x) order. The lowered matrix is
-    that cross-correlation (convert/lowering.py ``_window_matrix``). netx's neurons are (x, y, c)
-    and its ``flatten`` transposes them to (c, y, x) before flattening: the C-major order used
-    here, so ``flatten`` needs no matrix. Lava's Conv clamps its sums to 24 bits and a Dense does
-    not; where the weights could reach that clamp the layer is refused.
+    stored kernel; stride, padding and dilation are stored in (H, W) order. So the Deployment
+    holds the stored kernel as is (whole numbers, as int32), at exponent 0: Lava's fixed-point
+    Conv neither clips, truncates nor shifts it. The bias is one per channel (netx broadcasts it
+    over the channel axis), expanded to the (C, H, W) neurons; bias_exp 6 as for every netx LIF.
     """
-    from snn_deploy.convert.lowering import MAX_DENSE_ELEMENTS, _window_matrix
-
     where = f"{origin}: layer {i} (conv)"
     if in_shape is None or len(in_shape) != 3:
         raise UnsupportedNode(f"{where}: its input shape is unknown (netx too needs an input layer"
@@ -234,32 +214,57 @@ def read_conv(g: h5py.Group, i: int, *, in_shape: tuple[int, ...] | None, messag
     if min(*stride, *dilation, groups) < 1 or min(pad) < 0:
         raise InputFileError(f"{where}: stride {stride}, padding {pad}, dilation {dilation},"
                              f" groups {groups} out of range")
-    n_out, n_in = int(np.prod(shape)), int(np.prod(in_shape))
-    if n_out * n_in > MAX_DENSE_ELEMENTS:
-        raise UnsupportedNode(f"{where}: lowered to a Dense it would hold {n_out} x {n_in} weights"
-                              f" (limit {MAX_DENSE_ELEMENTS})")
-    matrix, out = _window_matrix(weight, in_shape, stride=stride, pad_lo=pad, pad_hi=pad,
-                                 dilation=dilation, groups=groups)
+    if in_shape[0] % groups or weight.shape[1] * groups != in_shape[0] or weight.shape[0] % groups:
+        raise InputFileError(f"{where}: weight {weight.shape} in {groups} groups does not map"
+                             f" {in_shape[0]} input channels")
+    kernel = (int(weight.shape[2]), int(weight.shape[3]))
+    h_out, w_out = ConvGeometry.output_hw((in_shape[1], in_shape[2]), kernel, stride, pad, dilation)
+    out = (int(weight.shape[0]), h_out, w_out)
     if out != shape:
-        raise InputFileError(f"{where}: a {weight.shape[2]}x{weight.shape[3]} conv of input"
-                             f" {in_shape} gives {out}, but the layer's shape is {shape}")
-    dense = np.rint(matrix.toarray()).astype(np.int64)
-    level = (1 << message_bits) - 1 if message_bits else 1
-    if int(np.abs(dense).sum(axis=1).max()) * level >= 1 << 23:
-        raise UnsupportedNode(f"{where}: sums could reach Lava Conv's 24-bit clamp, which a Dense"
-                              " does not reproduce")
-    weights, exp, mode = _dense_of_conv(dense, where)
+        raise InputFileError(f"{where}: a {kernel[0]}x{kernel[1]} conv of input {tuple(in_shape)}"
+                             f" gives {out}, but the layer's shape is {shape}")
     bias = _ints(g["bias"], where).reshape(-1) if "bias" in g else np.zeros(1, dtype=np.int64)
     if bias.size not in (1, shape[0]):  # netx broadcasts it over (x, y, c): one per channel
         raise InputFileError(f"{where}: bias of size {bias.size} for {shape[0]} channels")
+    n_out = int(np.prod(shape))
     bias = np.repeat(np.broadcast_to(bias, (shape[0],)), n_out // shape[0])
     neuron = _read_neuron(g["neuron"], where)
+    c_in, h_in, w_in = (int(v) for v in in_shape)
+    geometry = ConvGeometry(in_shape=(c_in, h_in, w_in), out_shape=out, kernel=kernel,
+                            stride=stride, padding=pad, dilation=dilation, groups=groups)
     layer = QuantLayer(
-        synapse=f"conv{i}", neuron=f"lif{i}", weights=weights, weight_exp=exp, sign_mode=mode,
-        num_weight_bits=8, num_message_bits=message_bits, du=neuron.du, dv=neuron.dv,
-        vth=neuron.vth, bias_mant=bias.astype(np.int32),
+        synapse=f"conv{i}", neuron=f"lif{i}", weights=weight.astype(np.int32), weight_exp=0,
+        sign_mode="mixed", num_weight_bits=NETX_WEIGHT_BITS, num_message_bits=message_bits,
+        du=neuron.du, dv=neuron.dv, vth=neuron.vth, bias_mant=bias.astype(np.int32),
         bias_exp=np.full(n_out, NETX_BIAS_EXP, np.int32), scale=SLAYER_SCALE,
         stats=LayerStats(weights_total=int(weight.size), weights_saturated=0,
                          threshold_saturated=False, bias_saturated=0, u_peak_share=0.0),
+        kind="conv", conv=geometry, shape=out,
     )
     return layer, out
+
+
+def read_input(g: h5py.Group, i: int, *, message_bits: int, origin: str) -> QuantLayer:
+    """A netx ``input`` layer with a neuron as an input layer of LIF neurons (kind "input").
+
+    netx (hdf5.py ``create_input``, blocks/process.py ``Input``) builds only the neuron, with no
+    synapse: its input port is connected to nothing, and the data enter as its ``bias_mant`` at
+    run time (lava-dl's PilotNet test sets it to the image). The file's input ``weight`` and
+    ``bias`` only become netx's ``Input.transform``, which the neuron never sees: the imported
+    bias is 0 (exponent 6). A (C, H, W) shape is kept for a conv that follows.
+    """
+    where = f"{origin}: layer {i} (input)"
+    shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
+    n = int(np.prod(shape))
+    if n < 1:
+        raise InputFileError(f"{where}: shape {shape} holds no neuron")
+    neuron = _read_neuron(g["neuron"], where)
+    return QuantLayer(
+        synapse=f"input{i}", neuron=f"lif{i}", weights=np.zeros((n, 0), np.int32), weight_exp=0,
+        sign_mode="mixed", num_weight_bits=NETX_WEIGHT_BITS, num_message_bits=message_bits,
+        du=neuron.du, dv=neuron.dv, vth=neuron.vth, bias_mant=np.zeros(n, np.int32),
+        bias_exp=np.full(n, NETX_BIAS_EXP, np.int32), scale=SLAYER_SCALE,
+        stats=LayerStats(weights_total=0, weights_saturated=0, threshold_saturated=False,
+                         bias_saturated=0, u_peak_share=0.0),
+        kind="input", shape=shape if len(shape) == 3 else (),
+    )

@@ -1,14 +1,18 @@
 """Import a lava-dl netx HDF5 network as a Deployment, as netx builds it on Lava (stage 3).
 
 netx's Lava parameters and their equations are described in ``quantize/netx.py``; one layer is
-read by ``netx_layers``. What a Deployment cannot hold raises ``UnsupportedNode`` listing every
-offending layer: pool and the other non-dense, non-conv types, complex dense layers, non-zero
-synaptic delays, neurons other than CUBA/LOIHI, dense layers without a neuron (netx gives them a
-non-leaking integrator with threshold 131072 that never spikes), and an input layer with a neuron:
-netx builds it as a LIF driven only through its bias (its input port is connected to nothing in
-lava-dl 0.6), so external spikes cannot reach it. ``skip_layers`` / ``num_layers`` select layers
-exactly as the same arguments of ``netx.hdf5.Network`` do: ``skip_layers=1`` drops such an input
-layer and feeds the spikes straight into the first dense layer, as netx does.
+read by ``netx_layers``. ``dense`` / ``dense_rec`` layers become Dense layers, ``conv`` layers
+native Conv layers, a first ``input`` layer with a neuron an input layer of neurons (netx drives
+it only through its bias: its input port is connected to nothing in lava-dl 0.6, so the data
+enter as its bias at run time); ``flatten`` is no layer (a Dense after it takes the (C, H, W)
+output flattened C-major, as netx's flatten does). What a Deployment cannot hold raises
+``UnsupportedNode`` listing every offending layer: pool, average and the other types, complex
+dense layers, non-zero synaptic delays, neurons other than CUBA/LOIHI, an input layer of neurons
+after other layers, and dense or conv layers without a neuron (netx gives them a non-leaking
+integrator, du = -1 and threshold 131072, beyond a Deployment's formats). ``skip_layers`` /
+``num_layers`` select layers exactly as the same arguments of ``netx.hdf5.Network`` do:
+``skip_layers=1`` drops an input layer and feeds the spikes straight into the next layer, as
+netx does.
 """
 
 from __future__ import annotations
@@ -26,9 +30,19 @@ from snn_deploy.hdf5_limits import open_checked
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment, QuantLayer, validate_deployment
 from snn_deploy.quantize.netx import NETX_LIF_NEURONS, check_profile
-from snn_deploy.quantize.netx_layers import decode_text, read_conv, read_dense, read_scalar
+from snn_deploy.quantize.netx_layers import (
+    decode_text,
+    read_conv,
+    read_dense,
+    read_input,
+    read_scalar,
+)
 
 _SUPPORTED_TYPES = ("input", "flatten", "dense", "dense_rec", "conv")
+_NOT_YET = {"average": "average readout: not supported yet, netx cannot build it either"}
+# netx/hdf5.py create_dense: a dense layer without a neuron group gets this one
+_NETX_DEFAULT_NEURON = ("netx's default integrator, iDecay 0 and vThMant 1 << 17, needs du = -1"
+                        " and vth 131072, beyond a Deployment's du 0..4095 and 17-bit vth")
 
 
 def _neuron_problem(group: h5py.Group) -> str | None:
@@ -40,7 +54,7 @@ def _neuron_problem(group: h5py.Group) -> str | None:
 
 def _dense_problem(group: h5py.Group) -> str | None:
     if "neuron" not in group:
-        return "no neuron (netx adds an integrator with threshold 131072 that never spikes)"
+        return f"no neuron: {_NETX_DEFAULT_NEURON}"
     if "weight/imag" in group:
         return "complex weights"
     problem = _neuron_problem(group["neuron"])
@@ -48,7 +62,7 @@ def _dense_problem(group: h5py.Group) -> str | None:
         return problem
     if "delay" in group and np.any(np.asarray(group["delay"][()]) != 0):
         delay = np.asarray(group["delay"][()])
-        return f"synaptic delays up to {delay.max():g} (a Deployment has none)"
+        return f"synaptic delays up to {delay.max():g}, not supported yet"
     return None
 
 
@@ -58,12 +72,13 @@ def _layer_problems(layers: h5py.Group, keep: range) -> list[str]:
         g = layers[str(i)]
         kind = decode_text(g["type"])
         if kind not in _SUPPORTED_TYPES:
-            problems.append(f"layer {i} ({kind})")
+            problems.append(f"layer {i} ({_NOT_YET.get(kind, kind)})")
         elif kind == "input" and "neuron" in g:
-            problems.append(f"layer {i} (input with a {decode_text(g['neuron/type'])} neuron:"
-                            " netx drives it only through its bias, not from spikes; import with"
-                            f" skip_layers={i + 1} to feed spikes into the next layer, as"
-                            " netx.hdf5.Network(skip_layers=...) does)")
+            problem = _neuron_problem(g["neuron"])
+            if i != keep.start:
+                problem = "a neuron after other layers: an input layer of neurons comes first"
+            if problem:
+                problems.append(f"layer {i} (input with {problem})")
         elif kind in ("dense", "dense_rec", "conv"):
             problem = _dense_problem(g)
             if kind == "dense_rec" and "weight_rec" not in g:
@@ -94,6 +109,59 @@ def _coding(f: h5py.File) -> Coding:
                        where=f"{f.filename}: simulation tSample / Ts")
 
 
+def _chw(g: h5py.Group) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
+
+
+def _skipped(layers: h5py.Group, skip_layers: int, message_bits: int
+             ) -> tuple[tuple[int, ...] | None, int]:
+    """What the skipped layers leave: the (C, H, W) shape feeding a conv (netx's input_shape) and
+    the message bits of the first kept layer's input."""
+    shape = None
+    for i in range(skip_layers):
+        g = layers[str(i)]
+        if decode_text(g["type"]) in ("input", "conv") and "shape" in g:
+            shape = _chw(g)
+        message_bits = _message_bits(g, message_bits)
+    return shape, message_bits
+
+
+def _read_layers(layers: h5py.Group, keep: range, shape: tuple[int, ...] | None,
+                 message_bits: int, origin: str) -> list[QuantLayer]:
+    quant: list[QuantLayer] = []
+    unflattened = False  # a conv's (x, y, c) output not yet flattened
+    for i in keep:
+        g = layers[str(i)]
+        kind = decode_text(g["type"])
+        if kind == "input":
+            shape = _chw(g) if "shape" in g else shape
+            if "neuron" in g:
+                quant.append(read_input(g, i, message_bits=message_bits, origin=origin))
+        elif kind == "flatten":
+            unflattened = False
+        elif kind == "conv":
+            layer, shape = read_conv(g, i, in_shape=shape, message_bits=message_bits, origin=origin)
+            quant.append(layer)
+            unflattened = True
+        elif kind in ("dense", "dense_rec"):
+            if unflattened:
+                raise UnsupportedNode(f"{origin}: layer {i} ({kind}) follows a conv layer without a"
+                                      " flatten layer (netx cannot connect them either)")
+            width = quant[-1].size if quant else None
+            quant.append(read_dense(g, i, width=width, message_bits=message_bits,
+                                    origin=origin, recurrent=kind == "dense_rec"))
+        message_bits = _message_bits(g, message_bits)
+    return quant
+
+
+def _input_size(first: QuantLayer) -> int:
+    """The width of what enters the first layer: its Dense's inputs, its Conv's (C, H, W) input,
+    or one value per neuron of an input layer."""
+    if first.kind == "conv" and first.conv is not None:
+        return int(np.prod(first.conv.in_shape))
+    return first.size if first.kind == "input" else int(first.weights.shape[1])
+
+
 def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
           num_layers: int | None) -> Deployment:
     if "layer" not in f or not isinstance(f["layer"], h5py.Group):
@@ -108,40 +176,14 @@ def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
     problems = _layer_problems(layers, keep)
     if problems:
         raise UnsupportedNode(f"{path}: a Deployment cannot represent " + "; ".join(problems))
-    message_bits = int(f.attrs.get("snn_deploy_input_message_bits", 0))
-    shape: tuple[int, ...] | None = None  # (C, H, W) of what feeds the next conv layer
-    for i in range(skip_layers):
-        g = layers[str(i)]
-        if decode_text(g["type"]) in ("input", "conv") and "shape" in g:  # netx: its input_shape
-            shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
-        message_bits = _message_bits(g, message_bits)
-    quant: list[QuantLayer] = []
-    unflattened = False  # a conv's (x, y, c) output not yet flattened
-    for i in keep:
-        g = layers[str(i)]
-        kind = decode_text(g["type"])
-        if kind == "input" and "shape" in g:
-            shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
-        elif kind == "flatten":
-            unflattened = False
-        elif kind == "conv":
-            layer, shape = read_conv(g, i, in_shape=shape, message_bits=message_bits,
-                                      origin=str(path))
-            quant.append(layer)
-            unflattened = True
-        elif kind in ("dense", "dense_rec"):
-            if unflattened:
-                raise UnsupportedNode(f"{path}: layer {i} ({kind}) follows a conv layer without a"
-                                      " flatten layer (netx cannot connect them either)")
-            width = quant[-1].size if quant else None
-            quant.append(read_dense(g, i, width=width, message_bits=message_bits,
-                                     origin=str(path), recurrent=kind == "dense_rec"))
-        message_bits = _message_bits(g, message_bits)
+    shape, message_bits = _skipped(layers, skip_layers,
+                                   int(f.attrs.get("snn_deploy_input_message_bits", 0)))
+    quant = _read_layers(layers, keep, shape, message_bits, str(path))
     if not quant:
-        raise UnsupportedNode(f"{path}: no dense or conv layer among layers"
+        raise UnsupportedNode(f"{path}: no input, dense or conv layer among layers"
                               f" {keep.start}..{keep.stop - 1}")
     return Deployment(  # its value ranges: validate_deployment, which read_netx calls
-        profile=profile, layers=tuple(quant), input_size=int(quant[0].weights.shape[1]),
+        profile=profile, layers=tuple(quant), input_size=_input_size(quant[0]),
         input_scale=int(f.attrs.get("snn_deploy_input_scale", 1)),
         dt=float(f.attrs.get("snn_deploy_dt", 1.0)), coding=_coding(f),
         source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), source_nir=b"",
@@ -156,12 +198,14 @@ def read_netx(path: str | Path, *, profile: Profile, skip_layers: int = 0,
     Args:
         profile: the Deployment's profile; it must use Lava's fixed-point formats.
         skip_layers, num_layers: as in ``netx.hdf5.Network``: keep the layer entries with index
-            in [skip_layers, num_layers); the input goes into the first dense layer kept.
+            in [skip_layers, num_layers); the input goes into the first layer kept.
 
     The Deployment takes spikes (or, where the file says so, graded values) into its first dense
-    layer; ``input_scale`` is 1, ``dt`` 1.0 (netx has no time unit), ``coding`` a rate code over
-    ``simulation/tSample / Ts`` steps (32 if absent), ``source_sha256`` the netx file's SHA-256 and
-    ``source_nir`` empty: there is no float NIR source behind a netx file.
+    or conv layer, or its data as the bias of a first input layer of neurons (netx's ``input``
+    with a neuron, lava-dl's PilotNet); ``input_scale`` is 1, ``dt`` 1.0 (netx has no time
+    unit), ``coding`` a rate code over ``simulation/tSample / Ts`` steps (32 if absent),
+    ``source_sha256`` the netx file's SHA-256 and ``source_nir`` empty: there is no float NIR
+    source behind a netx file.
 
     Raises:
         InputFileError: a missing, corrupt or non-netx file.

@@ -22,8 +22,8 @@ import numpy as np
 
 from snn_deploy.errors import QuantizationError
 from snn_deploy.fileio import atomic_path
-from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.quantize.dense_grid import lava_dense_grid
+from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.quantize.netx import (
     FORMAT_TAG,
     FORMAT_VERSION,
@@ -110,10 +110,16 @@ def write_netx(dep: Deployment, path: str | Path) -> None:
     takes only as an argument (it is stored as the ``snn_deploy_input_message_bits`` attribute).
 
     Raises:
-        QuantizationError: layers whose integers netx cannot reproduce exactly, all named.
+        QuantizationError: layers whose integers netx cannot reproduce exactly, all named; conv
+            and input layers (not written yet).
         ProfileError: a profile without Lava's fixed-point formats.
     """
     check_profile(dep.profile)
+    native = [f"layer {i} ({layer.neuron}) is {'an' if layer.kind == 'input' else 'a'}"
+              f" {layer.kind} layer: writing netx {layer.kind} blocks is not supported yet"
+              for i, layer in enumerate(dep.layers) if layer.kind != "dense"]
+    if native:
+        raise QuantizationError("cannot write a netx file for this deployment: " + "; ".join(native))
     problems = _export_problems(dep)
     if problems:
         hint = ""

@@ -25,12 +25,13 @@ from snn_deploy.errors import UserError
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.run import kernel as cpu_kernel
-from snn_deploy.run.layer_constants import LayerConstants, Synapses, constants
+from snn_deploy.run.layer_constants import ConvSynapses, LayerConstants, Synapses, constants
 from snn_deploy.run.lif_core import Bounds, abs_max, bounds, lif_update, torch_ops, wrap_int32
 from snn_deploy.run.recording import Recording
 from snn_deploy.run.workers import worker_pool
 
 CHUNK = 256  # samples per pass and thread: keeps each step's tensors in cache
+CHUNK_BYTES = 1 << 28  # at most this much per (T, chunk, widest layer) float64 tensor
 KERNELS = ("numba", "torch")  # the step loop: run/kernel.py (CPU only) or lif_step in torch
 
 
@@ -88,23 +89,26 @@ class LayerTrace:
         return self.counts if self.counts is not None else spike_counts(self.spikes)
 
 
-def layer_bounds(c: LayerConstants, act_peak: float, profile: Profile) -> Bounds:
-    """``lif_core.bounds`` of a layer whose feed-forward input into u peaks at ``act_peak``."""
+def layer_bounds(c: LayerConstants, act_peak: float, profile: Profile,
+                 bias: torch.Tensor | None = None) -> Bounds:
+    """``lif_core.bounds`` of a layer whose feed-forward input into u peaks at ``act_peak`` (and
+    whose bias is ``bias`` when given per step, else its own)."""
     if c.rec is not None:
         act_peak += c.rec.peak * float(1 << profile.activation_shift)
-    return bounds(act_peak=act_peak, u_keep=c.u_keep, v_keep=c.v_keep, bias_peak=abs_max(c.bias),
+    return bounds(act_peak=act_peak, u_keep=c.u_keep, v_keep=c.v_keep,
+                  bias_peak=abs_max(c.bias if bias is None else bias),
                   big=float(profile.state_max))
 
 
 def lif_step(c: LayerConstants, u: torch.Tensor, v: torch.Tensor, act: torch.Tensor,
              update: Callable, big: float, out: torch.Tensor | None = None,
-             scratch: torch.Tensor | None = None
+             scratch: torch.Tensor | None = None, bias: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of Lava's fixed-point LIF on exact float64 integers: ``update`` (the layer's
     ``lif_core.lif_update`` over ``lif_core.torch_ops``), then the threshold and reset; the spikes
-    written into ``out`` when given. ``act`` may be float32 (exact integers). Returns (u, v,
-    spikes)."""
-    u, v = update(u, v, act, c.bias, c.u_keep, c.v_keep, big)
+    written into ``out`` when given. ``act`` may be float32 (exact integers); ``bias`` replaces
+    the layer's own (an input layer fed its data as bias). Returns (u, v, spikes)."""
+    u, v = update(u, v, act, c.bias if bias is None else bias, c.u_keep, c.v_keep, big)
     # reset: v * [v <= vth] with a float mask (comparisons into bool and masked_fill are 3-5x
     # slower on CPU, torch 2.3); v is a finite integer, so the product is exactly 0 or v
     keep = torch.le(v, c.vth, out=scratch) if scratch is not None else torch.le(v, c.vth).double()
@@ -130,6 +134,10 @@ def drive(c: LayerConstants, s: torch.Tensor, profile: Profile, *, ws: Workspace
     Lava, float32 when exact), for a recurrent one the feed-forward Dense's int32 output, which
     the loop sums with the recurrent one before the shift. With a workspace the result lives in
     its "drive" buffer."""
+    if c.ff is None:  # an input layer: the data enter as its input current (or, zeroed, as bias)
+        return s.to(torch.float64).mul_(float(1 << profile.activation_shift))
+    if isinstance(c.ff, ConvSynapses):  # |a| < 2**23 after the wrap: a << 6 fits int32
+        return c.ff.apply(s).mul_(float(1 << profile.activation_shift))
     if c.rec is None and c.ff.folded is not None:
         if s.dtype != torch.float32:
             s = _empty(ws, "drive_in", tuple(s.shape), torch.float32, s.device).copy_(s)
@@ -144,15 +152,20 @@ def drive(c: LayerConstants, s: torch.Tensor, profile: Profile, *, ws: Workspace
 
 
 def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, record_state: bool = False,
-        ws: Workspace | None = None, name: str = "spikes", kernel: str = "torch") -> LayerTrace:
+        ws: Workspace | None = None, name: str = "spikes", kernel: str = "torch",
+        resets: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> LayerTrace:
     """CUBA LIF dynamics over (T, B, n) synaptic input (``drive``'s exact integers); every sample
     starts from zero state and, for a recurrent layer, no spikes on its recurrent synapse.
 
     ``kernel``: "numba" (run/kernel.py, CPU tensors) or "torch" (``lif_step``, any device). The
     torch loop holds all values as exact float64 integers: u * (4096 - du - 1) < 2**53, and
     dividing by 4096 then truncating equals Lava's sign(x) * (|x| >> 12). With a workspace the
-    spikes live in its buffer ``name``, the state in shared ones.
+    spikes live in its buffer ``name``, the state in shared ones. ``resets`` (T,) bool: u, v (and
+    the recurrent spikes) are zeroed before the steps it marks, as Lava's ``LIFReset`` does;
+    ``bias`` (T, B, n): the bias of each step instead of the layer's own. Both run in torch.
     """
+    if resets is not None or bias is not None:
+        kernel = "torch"
     if kernel == "numba":
         return _lif_numba(c, a_in, profile=profile, record_state=record_state, ws=ws, name=name)
     if kernel != "torch":
@@ -164,13 +177,18 @@ def lif(c: LayerConstants, a_in: torch.Tensor, *, profile: Profile, record_state
     u, v = _empty(ws, "u", *state).zero_(), _empty(ws, "v", *state).zero_()
     scratch = _empty(ws, "scratch", *state)
     update = lif_update(torch_ops(scratch),
-                        layer_bounds(c, abs_max(a_in) * (shift if recurrent else 1.0), profile))
+                        layer_bounds(c, abs_max(a_in) * (shift if recurrent else 1.0), profile,
+                                     bias=bias))
     spikes = _empty(ws, name, tuple(a_in.shape), torch.bool, a_in.device)
     z_prev = torch.zeros_like(u, dtype=torch.bool)
     us, vs = [], []
     for t in range(a_in.shape[0]):
+        if resets is not None and resets[t]:
+            u, v = u.zero_(), v.zero_()
+            z_prev = torch.zeros_like(z_prev)  # not in place: it is the recorded spikes[t - 1]
         act_t = _recurrent_act(c, a_in[t], z_prev, shift) if recurrent else a_in[t]
-        u, v, z_prev = lif_step(c, u, v, act_t, update, big, out=spikes[t], scratch=scratch)
+        u, v, z_prev = lif_step(c, u, v, act_t, update, big, out=spikes[t], scratch=scratch,
+                                bias=None if bias is None else bias[t])
         if record_state:
             us.append(u.to(torch.int64))
             vs.append(v.to(torch.int64))
@@ -221,18 +239,68 @@ def default_kernel(device: torch.device) -> str:
     return "numba" if device.type == "cpu" else "torch"
 
 
+INPUT_AS = ("spikes", "bias")  # how the data enter the first layer (``run_layers``)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """Lava's global time, as netx runs a network on the chip: every synapse (Dense, Conv) delays
+    by one step, so layer i sees layer i - 1's spikes of step t - 1 (an input layer, which has no
+    synapse, sees its data at once), and layer i zeroes u and v before step t (from 0) when
+    t % reset_interval == (i + reset_offset) % reset_interval (``LIFReset``; netx offsets its
+    layers by their index, lava/lib/dl/netx/hdf5.py). Before its first reset a layer runs on
+    whatever reaches it. When each layer's resets fall on the arrival of its input (offset 0 behind
+    an input layer of neurons, 1 when the first layer has a synapse from the data), layer i at
+    step d_i + k, d_i the synapses before it, equals the emulator's local step k mod the interval:
+    a reset is the start of a new sample."""
+
+    reset_interval: int
+    reset_offset: int = 0
+
+    def resets(self, layer: int, steps: int) -> torch.Tensor:
+        t = torch.arange(steps)
+        return t % self.reset_interval == (layer + self.reset_offset) % self.reset_interval
+
+
+def _delayed(s: torch.Tensor) -> torch.Tensor:
+    """(T, ...) -> the same one step later (zeros at step 0): a synapse's delay on Lava."""
+    return torch.cat([torch.zeros_like(s[:1]), s[:-1]])
+
+
+def _input_bias(dep: Deployment, levels: torch.Tensor) -> torch.Tensor:
+    """An input layer's bias per step: the (T, B, n) data as its mantissas, << its bias_exp."""
+    layer = dep.layers[0]
+    if layer.kind != "input":
+        raise UserError(f"--input-as bias feeds an input layer of neurons; layer 0"
+                        f" ({layer.neuron}) is a {layer.kind} layer")
+    top = dep.profile.bias_mant_max
+    if abs_max(levels) > top:
+        raise UserError(f"input values as bias mantissas must lie in {-top - 1}..{top}"
+                        f" ({dep.profile.bias_mant_bits}-bit signed)")
+    exp = torch.as_tensor(layer.bias_exp, dtype=torch.float64, device=levels.device)
+    return levels.to(torch.float64) * torch.pow(2.0, exp)
+
+
 def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device = "cpu",
                record_state: bool = False, ws: Workspace | None = None,
                consts: dict[int, list[LayerConstants]] | None = None,
-               kernel: str | None = None) -> list[LayerTrace]:
+               kernel: str | None = None, input_as: str = "spikes",
+               pipeline: Pipeline | None = None) -> list[LayerTrace]:
     """Every layer's trace for (T, B, n) encoded input, all samples at once, as one Lava run of
     them computes it (lava-sim: every sample from rest).
 
     ``ws`` reuses buffers across calls (the traces then stay valid until the next call);
     ``consts`` caches the layer constants by the input's peak level; ``kernel`` picks the step
-    loop (a key of ``KERNELS``; default ``default_kernel(device)``)."""
+    loop (a key of ``KERNELS``; default ``default_kernel(device)``). ``input_as`` "bias": x holds
+    the bias mantissas of an input layer of neurons (layer 0) per step, as netx's ``input`` block
+    takes an image. ``pipeline``: run in Lava's global time with its resets (``Pipeline``)."""
+    if input_as not in INPUT_AS:
+        raise UserError(f"unknown input mode {input_as!r}: choose from {', '.join(INPUT_AS)}")
     dev = torch.device(device)
     s = input_levels(dep, x.to(dev), ws=ws)
+    bias = _input_bias(dep, s) if input_as == "bias" else None
+    if bias is not None:
+        s = torch.zeros_like(s)  # nothing arrives through a synapse
     peak = int(abs_max(s))
     layers = consts.get(peak) if consts is not None else None
     if layers is None:
@@ -242,9 +310,12 @@ def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device =
     loop = kernel or default_kernel(dev)
     traces = []
     for k, c in enumerate(layers):
+        if pipeline is not None and c.ff is not None:
+            s = _delayed(s)
         a_in = drive(c, s, dep.profile, ws=ws)
         trace = lif(c, a_in, profile=dep.profile, record_state=record_state, ws=ws,
-                    name=f"spikes{k}", kernel=loop)
+                    name=f"spikes{k}", kernel=loop, bias=bias if k == 0 else None,
+                    resets=None if pipeline is None else pipeline.resets(k, s.shape[0]))
         traces.append(trace)
         s = trace.levels if trace.levels is not None else trace.spikes
     return traces
@@ -267,8 +338,8 @@ class Emulator:
     """
 
     def __init__(self, dep: Deployment, *, device: str | torch.device = "cpu",
-                 kernel: str | None = None):
-        self.dep, self.device = dep, torch.device(device)
+                 kernel: str | None = None, input_as: str = "spikes"):
+        self.dep, self.device, self.input_as = dep, torch.device(device), input_as
         self.kernel = kernel or default_kernel(self.device)
         self._workspaces: list[Workspace] = []
         self._consts: dict[int, list[LayerConstants]] = {}
@@ -282,7 +353,7 @@ class Emulator:
     def _chunk(self, x: torch.Tensor, ws: Workspace) -> tuple[np.ndarray, list[np.ndarray]]:
         """One chunk's output spikes (T, b, n_out) uint8 and per-layer counts."""
         traces = run_layers(self.dep, x, device=self.device, ws=ws, consts=self._consts,
-                            kernel=self.kernel)
+                            kernel=self.kernel, input_as=self.input_as)
         return (traces[-1].spikes.cpu().numpy().view(np.uint8).copy(),
                 [t.spike_counts().cpu().numpy() for t in traces])
 
@@ -300,9 +371,12 @@ class Emulator:
         return [groups[i % workers][i // workers] for i in range(len(chunks))]
 
     def run(self, x: np.ndarray | torch.Tensor) -> Recording:
-        """(T, B, n) input -> Recording, in chunks of ``CHUNK`` samples."""
+        """(T, B, n) input -> Recording, in chunks of ``CHUNK`` samples (fewer where a layer's
+        (T, chunk, n) float64 tensors would pass ``CHUNK_BYTES``: big conv layers)."""
         x = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
-        results = self._chunks([x[:, start:start + CHUNK] for start in range(0, x.shape[1], CHUNK)])
+        widest = max(max(layer.size for layer in self.dep.layers), self.dep.input_size)
+        chunk = max(1, min(CHUNK, CHUNK_BYTES // (8 * x.shape[0] * widest)))
+        results = self._chunks([x[:, start:start + chunk] for start in range(0, x.shape[1], chunk)])
         return Recording(
             output=np.concatenate([out for out, _ in results], axis=1),
             layer_names=tuple(layer.neuron for layer in self.dep.layers),

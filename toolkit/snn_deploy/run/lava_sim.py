@@ -1,16 +1,18 @@
 """The ``lava-sim`` backend: a Deployment as Lava processes on Lava's CPU simulator.
 
-Process graph: ``RingBuffer`` source -> (``Dense`` -> ``LIFReset``) per layer (plus a ``Dense``
-from the LIF back to itself for a recurrent layer), each ``LIFReset`` read by a ``SpikeRecorder``
-(run/lava_probes/recorder.py); run with
-``Loihi2SimCfg(select_tag="fixed_pt")``.
+Process graph: ``RingBuffer`` source -> (``Dense`` or ``Conv`` -> ``LIFReset``) per layer (plus a
+``Dense`` from the LIF back to itself for a recurrent layer), each ``LIFReset`` a flat (n,)
+population in C, H, W order, read by a ``SpikeRecorder`` (run/lava_probes/recorder.py); run with
+``Loihi2SimCfg(select_tag="fixed_pt")``. run/lava_layers.py builds the synapses: a conv layer's
+Lava ``Conv`` works in (W, H, C) order behind reshaping and transposing virtual ports. Input
+layers of neurons (no synapse) are refused so far.
 
-All samples go through one Lava run. Each Dense delays by one step, so layer l (1-based) sees
-sample s during global steps [s*T + l, s*T + l + T). ``LIFReset`` zeroes u and v of layer l at the
-first of those steps (``reset_interval = T``, ``reset_offset = l + 1``: Lava counts time steps
-from 1) before adding that step's input, which is the first input of the same sample. No gap
-steps are needed, the stale feed-forward Dense buffers are never read, and the output of sample s
-is read from steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on error or
+All samples go through one Lava run. Each Dense or Conv delays by one step, so layer l (1-based)
+sees sample s during global steps [s*T + l, s*T + l + T). ``LIFReset`` zeroes u and v of layer l
+at the first of those steps (``reset_interval = T``, ``reset_offset = l + 1``: Lava counts time
+steps from 1) before adding that step's input, which is the first input of the same sample. No
+gap steps are needed, the stale feed-forward Dense or Conv buffers are never read, and the output
+of sample s is read from steps [s*T + L, s*T + L + T). The runtime is stopped in every case, also on error or
 Ctrl-C.
 
 A recurrent Dense would deliver, at a layer's reset step, the layer's own spikes of the step
@@ -40,10 +42,8 @@ import numpy as np
 
 from snn_deploy.errors import Terminated, UserError, terminate_raises
 from snn_deploy.quantize.deployment import Deployment
+from snn_deploy.run.lava_layers import feed_forward, recurrent, require_lava_kinds
 from snn_deploy.run.recording import Recording
-
-# Lava SignMode names for our sign_mode strings (lava/utils/weightutils.py, SignMode).
-_SIGN_MODE_NAMES = {"mixed": "MIXED", "excitatory": "EXCITATORY", "inhibitory": "INHIBITORY"}
 
 RUN_CHUNKS = 20  # the run is split into this many RunSteps calls, for progress reports
 
@@ -172,18 +172,11 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
     ``bridge`` joins the host processes to the layers: ``DIRECT`` for Lava's CPU simulator,
     lava-loihi's spike adapters for Loihi 2 (run/loihi2.py); the layers are the same either way.
     """
-    from lava.proc.dense.process import Dense
+    require_lava_kinds(dep)
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
-    from lava.utils.weightutils import SignMode
 
     from snn_deploy.run.lava_probes.recorder import SpikeRecorder, create_record_file
-
-    def dense(weights: np.ndarray, *, weight_exp: int, num_weight_bits: int, sign_mode: str,
-              num_message_bits: int, name: str) -> Dense:
-        return Dense(weights=weights, weight_exp=weight_exp, num_weight_bits=num_weight_bits,
-                     num_message_bits=num_message_bits,
-                     sign_mode=getattr(SignMode, _SIGN_MODE_NAMES[sign_mode]), name=name)
 
     total_steps = data.shape[1]
     source = Source(data=data)
@@ -191,24 +184,15 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
                           num_message_bits=dep.layers[0].num_message_bits)
     lifs, records, loops = [], [], []
     for depth, layer in enumerate(dep.layers, start=1):
-        ff = dense(layer.weights, weight_exp=layer.weight_exp,
-                   num_weight_bits=layer.num_weight_bits, sign_mode=layer.sign_mode,
-                   num_message_bits=layer.num_message_bits, name=f"dense:{layer.synapse}")
+        a_out = feed_forward(layer, port)  # a Dense or a Conv, flat C, H, W output
         lif = LIFReset(
             shape=(layer.size,), du=layer.du, dv=layer.dv, vth=layer.vth,
             bias_mant=layer.bias_mant, bias_exp=layer.bias_exp,
             reset_interval=steps, reset_offset=(depth + 1) % steps, name=f"lif:{layer.neuron}",
         )
-        port.connect(ff.s_in)
-        ff.a_out.connect(lif.a_in)
-        if layer.recurrent is not None:  # the LIF's input port sums both Dense outputs
-            rec = layer.recurrent
-            loop = dense(rec.weights, weight_exp=rec.weight_exp,
-                         num_weight_bits=rec.num_weight_bits, sign_mode=rec.sign_mode,
-                         num_message_bits=0, name=f"dense_rec:{layer.neuron}")
-            lif.s_out.connect(loop.s_in)
-            loop.a_out.connect(lif.a_in)
-            loops.append((depth, loop))
+        a_out.connect(lif.a_in)
+        if layer.recurrent is not None:  # the LIF's input port sums both synapses' outputs
+            loops.append((depth, recurrent(layer, lif)))
         record = record_dir / f"layer{depth}.npy"
         create_record_file(record, steps=total_steps, width=layer.size)
         bridge.to_host(lif.s_out, size=layer.size).connect(

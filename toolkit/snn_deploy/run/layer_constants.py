@@ -1,6 +1,7 @@
 """A Deployment's layers as the emulator's constants on a device: the Dense weights on Lava's grid
-in the cheapest exact matmul dtype (``Synapses``) and each LIF's decays, bias and threshold
-(``LayerConstants``), as ``run.emulator`` and ``run.membrane`` step them.
+in the cheapest exact matmul dtype (``Synapses``), a Conv's kernel (``ConvSynapses``) and each
+LIF's decays, bias and threshold (``LayerConstants``), as ``run.emulator`` and ``run.membrane``
+step them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,23 @@ import numpy as np
 import torch
 
 from snn_deploy import lava_formats as lava
+from snn_deploy.errors import UserError
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.dense_grid import lava_dense_grid
-from snn_deploy.quantize.deployment import Deployment, QuantLayer
+from snn_deploy.quantize.deployment import ConvGeometry, Deployment, QuantLayer
 from snn_deploy.run.lif_core import INT31, scaled_bias
+
+CONV_WRAP = float(1 << 23)  # Lava's fixed-point Conv wraps its output into 24 bits
+
+
+def require_dense(dep: Deployment, what: str) -> None:
+    """Refuse the layer kinds ``what`` does not run yet: conv and input layers run natively on the
+    emulator only, so far."""
+    for i, layer in enumerate(dep.layers):
+        if layer.kind != "dense":
+            raise UserError(f"{what} runs dense layers only so far, and layer {i} ({layer.neuron})"
+                            f" is {'an' if layer.kind == 'input' else 'a'} {layer.kind} layer:"
+                            " run it on the emulator")
 
 
 def lava_weights(layer: QuantLayer, *, weight_bits: int = lava.WEIGHT_BITS) -> np.ndarray:
@@ -57,10 +71,55 @@ class Synapses:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConvSynapses:
+    """One fixed-point Conv (``quantize.deployment.ConvGeometry``), on a device.
+
+    The correlation is torch's ``conv2d`` with cuDNN off (its FFT and Winograd algorithms are not
+    exact): on CPU oneDNN's direct convolution, elsewhere torch's im2col and matmul. Every product
+    and partial sum is an integer of magnitude at most ``peak`` = max_co sum |w[co]| * max|input|,
+    so a float type whose mantissa holds ``peak`` holds each exactly, in any order of summation:
+    float32 on CPU while peak << 6 < 2**24 (then also what enters u is exact in float32, and no
+    24-bit wrap can happen), else float64 (peak < 2**53, checked); the result is the integer sum,
+    as Lava's int32 arrays give it."""
+
+    weights: torch.Tensor  # (C_out, C_in / groups, kH, kW) in the exact dtype
+    geometry: ConvGeometry
+    peak: float  # worst-case |output| before the 24-bit wrap
+    weight_exp: int = 0  # Lava's fixed-point Conv applies none
+    int32_safe: bool = True  # the 24-bit output << 6 stays in int32
+
+    @classmethod
+    def of(cls, layer: QuantLayer, *, device: torch.device, max_input: int) -> ConvSynapses:
+        assert layer.conv is not None
+        w = np.asarray(layer.weights, dtype=np.int64)
+        peak = float(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max(initial=0)) * max_input
+        if peak >= 2.0**53:
+            raise UserError(f"layer {layer.neuron}: a conv sum can reach {peak:.3g}, beyond the"
+                            " 2**53 up to which the emulator's float64 convolution is exact")
+        dtype = torch.float32 if device.type == "cpu" and peak < 2.0**18 else torch.float64
+        return cls(weights=torch.as_tensor(w, dtype=dtype, device=device),
+                   geometry=layer.conv, peak=peak)
+
+    def apply(self, s: torch.Tensor) -> torch.Tensor:
+        """(T, B, C_in H W) spikes or levels -> (T, B, C_out H' W') exact integers in the
+        weights' dtype, wrapped into 24 bits."""
+        g = self.geometry
+        steps, batch = s.shape[0], s.shape[1]
+        x = s.reshape(steps * batch, *g.in_shape).to(self.weights.dtype)
+        with torch.backends.cudnn.flags(enabled=False):
+            a = torch.nn.functional.conv2d(x, self.weights, stride=g.stride, padding=g.padding,
+                                           dilation=g.dilation, groups=g.groups)
+        a = a.reshape(steps, batch, -1)
+        if self.peak >= CONV_WRAP:
+            a = torch.remainder(a + CONV_WRAP, 2 * CONV_WRAP) - CONV_WRAP
+        return a
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerConstants:
     """One layer's integers (as exact float64 where they enter the step loop), on a device."""
 
-    ff: Synapses
+    ff: Synapses | ConvSynapses | None  # None: an input layer (no synapse)
     rec: Synapses | None
     u_keep: float  # (4096 - du - 1) / 4096, exact in binary
     v_keep: float  # (4096 - dv) / 4096
@@ -75,9 +134,13 @@ class LayerConstants:
     def of(cls, layer: QuantLayer, dep: Deployment, device: torch.device,
            max_input: int) -> LayerConstants:
         p = dep.profile
-        ff = Synapses.of(lava_weights(layer, weight_bits=p.weight_bits),
-                         weight_exp=layer.weight_exp, graded=layer.num_message_bits > 0,
-                         profile=p, device=device, max_input=max_input)
+        ff: Synapses | ConvSynapses | None = None
+        if layer.kind == "conv":
+            ff = ConvSynapses.of(layer, device=device, max_input=max_input)
+        elif layer.kind == "dense":
+            ff = Synapses.of(lava_weights(layer, weight_bits=p.weight_bits),
+                             weight_exp=layer.weight_exp, graded=layer.num_message_bits > 0,
+                             profile=p, device=device, max_input=max_input)
         rec = rec_wt = None
         if layer.recurrent is not None:
             r = layer.recurrent

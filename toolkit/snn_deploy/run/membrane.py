@@ -15,7 +15,7 @@ import torch
 
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.run.emulator import CHUNK, run_layers, spike_counts
-from snn_deploy.run.layer_constants import LayerConstants
+from snn_deploy.run.layer_constants import LayerConstants, require_dense
 from snn_deploy.run.lif_core import ALWAYS, torch_ops, v_update
 from snn_deploy.run.recording import Recording
 
@@ -36,6 +36,7 @@ class MembraneEmulator:
     rest as on lava-sim) recording the output layer's pre-reset membrane as well."""
 
     def __init__(self, dep: Deployment, *, device: str | torch.device = "cpu"):
+        require_dense(dep, "the membrane readout")
         self.dep, self.device = dep, torch.device(device)
 
     def run(self, x: np.ndarray | torch.Tensor) -> Recording:

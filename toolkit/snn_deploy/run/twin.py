@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from snn_deploy.errors import UserError
-from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.quantize.dense_grid import lava_dense_grid
-from snn_deploy.run.layer_constants import lava_weights
+from snn_deploy.quantize.deployment import Deployment
+from snn_deploy.run.layer_constants import lava_weights, require_dense
 from snn_deploy.run.lif_core import (
     INT31,
     Ops,
@@ -167,6 +167,7 @@ class EmulatorTwin(torch.nn.Module):
 
     def __init__(self, dep: Deployment, *, surrogate: str = "fast_sigmoid", width: float = 0.5):
         super().__init__()
+        require_dense(dep, "the differentiable twin")
         if surrogate not in SURROGATES:
             raise UserError(f"unknown surrogate {surrogate!r}: choose from {', '.join(SURROGATES)}")
         if not (width > 0 and math.isfinite(width)):
