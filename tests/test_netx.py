@@ -282,17 +282,18 @@ def test_unsupported_layers_are_all_named(tmp_path):
         {"type": "conv", "shape": np.array([3, 1, 1]), "weight": np.ones((3, 3, 1, 1, 1))},
         {**_dense(3, 3), "type": "dense_rec"},  # no weight_rec
         {k: v for k, v in _dense(3, 3).items() if k != "neuron"},
-        _dense(3, 3, delay=np.array([0.0, 3.0, 0.0])),
+        _dense(3, 3, delay=np.array([0.0, 2.5, 0.0])),
         _dense(3, 3, neuron={"type": "SDNN", "vThMant": 3}),
-        {"type": "average", "shape": np.array([1])},
+        {"type": "average", "shape": np.array([1])},  # a readout only as the last layer
+        _dense(3, 3),
     ]
     path = _write_h5(tmp_path / "mixed.net", layers)
     with pytest.raises(UnsupportedNode) as info:
         read_netx(path, profile=load_profile("loihi2"))
     message = str(info.value)
     for expected in ("layer 2 (pool)", "layer 3 (conv: no neuron", "layer 4 (dense_rec: no weight_rec)",
-                     "layer 5 (dense: no neuron", "layer 6 (dense: synaptic delays up to 3",
-                     "layer 7 (dense: SDNN neuron", "layer 8 (average readout: not supported yet"):
+                     "layer 5 (dense: no neuron", "layer 6 (dense: synaptic delays must be whole",
+                     "layer 7 (dense: SDNN neuron", "layer 8 (average readout before other layers"):
         assert expected in message
     assert "layer 1" not in message and "\n" not in message
     # num_layers selects like netx.hdf5.Network(num_layers=...): the supported prefix imports
@@ -342,14 +343,13 @@ def _shipped(name: str) -> Path:
 
 def test_shipped_lava_dl_networks_name_their_unsupported_layers():
     profile = load_profile("loihi2")
-    with pytest.raises(UnsupportedNode) as info:
-        read_netx(_shipped("gts/ntidigits/ntidigits.net"), profile=profile)
-    message = str(info.value)
-    assert "\n" not in message
-    for expected in ("layer 2 (dense: synaptic delays up to 62, not supported yet)",
-                     "layer 3 (dense: synaptic delays up to 62", "layer 5 (average readout"):
-        assert expected in message
-    assert "layer 4" not in message
+    # N-TIDIGITS imports whole: its delays (tests/test_delays.py runs it), its average readout as
+    # the coding's decoder; like lava-dl's test, num_layers=5 leaves the readout out
+    nti = read_netx(_shipped("gts/ntidigits/ntidigits.net"), profile=profile)
+    assert [layer.delays is not None for layer in nti.layers] == [True, True, False]
+    assert nti.coding.decoder.name == "average" and nti.coding.decoder.groups == 11
+    five = read_netx(_shipped("gts/ntidigits/ntidigits.net"), profile=profile, num_layers=5)
+    assert five.coding.decoder.name == "spike_count" and five.depth == 3
     # netx's default neuron for a dense block without one: du = -1, vth 131072
     with pytest.raises(UnsupportedNode, match=r"layer 3 \(dense: no neuron: netx's default.*du = -1") as info:
         read_netx(_shipped("mnist.net"), profile=profile)

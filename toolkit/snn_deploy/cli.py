@@ -250,6 +250,7 @@ def run(model, input_path, backend, device, dt, out, input_as, steps, record, ou
     click.echo(f"{backend}: {result.samples} sample(s) x {result.steps} steps -> output"
                f" {tuple(result.output.shape)}, {int(result.output.sum())} spikes; wrote"
                f" {out or out_dir}" + (f" ({len(written)} files)" if probes else ""))
+    click.echo(result.readout())
 
 
 @cli.command()

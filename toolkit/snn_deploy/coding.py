@@ -15,6 +15,9 @@ first_spike  logits = -beta * t_first, with the soft first-spike time (Ding et a
              gradients: d t_first / d z_t = t - t_first for t before the first spike (an earlier
              spike lowers t_first), 0 after it. Prediction: the earliest first spike; ties go to
              the lowest class index (the argmax of the logits).
+average      logits = the mean spike count of each of G equal populations of output neurons
+             (the coding's "decoder_groups", G classes; lava-dl netx's ``average`` readout, which
+             N-TIDIGITS uses: 242 neurons, 11 classes of 22). Ties: the lowest class.
 max_membrane logits = beta * max_t m_t, m_t the output layer's membrane potential at step t in
              units of its threshold (v_t / v_th), taken *before* the threshold test and reset: the
              value the threshold sees. The output layer keeps its threshold and reset (it is the
@@ -213,6 +216,17 @@ def count_logits(spikes: torch.Tensor, *, beta: float) -> torch.Tensor:
     return spike_count(spikes)
 
 
+def average_logits(spikes: torch.Tensor, *, beta: float, groups: int = 1) -> torch.Tensor:
+    """(T, B, G k) spikes -> (B, G) mean spike count of each population of k neurons; ``beta``
+    is not used."""
+    del beta
+    counts = spike_count(spikes)
+    if counts.shape[-1] % groups:
+        raise UserError(f"the average readout splits {counts.shape[-1]} output neurons into"
+                        f" {groups} equal populations: {counts.shape[-1]} is no multiple")
+    return counts.reshape(*counts.shape[:-1], groups, -1).mean(dim=-1)
+
+
 def max_membrane_logits(membrane: torch.Tensor, *, beta: float) -> torch.Tensor:
     """(T, B, C) membrane potentials (units of the threshold) -> (B, C) logits beta * max_t m_t."""
     return beta * membrane.max(dim=0).values
@@ -224,15 +238,18 @@ DECODERS: dict[str, Decoder] = {
     "spike_count": count_logits,
     "first_spike": first_spike_logits,
     "max_membrane": max_membrane_logits,
+    "average": average_logits,
 }
 # Decoders that read the output layer's membrane potential instead of its spikes.
 MEMBRANE_DECODERS = frozenset({"max_membrane"})
 
 
 def decoder_logits(spikes: torch.Tensor, *, decoder: str, beta: float,
-                   membrane: torch.Tensor | None = None) -> torch.Tensor:
+                   membrane: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
     """(T, B, C) output spikes (or, for a membrane decoder, the (T, B, C) ``membrane``) -> (B, C)
-    logits of the named decoder (a key of ``DECODERS``)."""
+    logits of the named decoder (a key of ``DECODERS``; ``groups`` for the average readout)."""
+    if decoder == "average":
+        return average_logits(spikes, beta=beta, groups=groups)
     if decoder in MEMBRANE_DECODERS:
         if membrane is None:
             raise ValueError(f"the {decoder} decoder needs the output layer's membrane potential")
@@ -243,16 +260,20 @@ def decoder_logits(spikes: torch.Tensor, *, decoder: str, beta: float,
 @dataclasses.dataclass(frozen=True)
 class DecoderSpec:
     """The output decoder a model was trained for: a key of ``DECODERS`` and its logit scale beta
-    (1 / step for first_spike, 1 / threshold for max_membrane; spike_count ignores it)."""
+    (1 / step for first_spike, 1 / threshold for max_membrane; spike_count ignores it), and the
+    number of populations ``groups`` the average readout splits the output neurons into."""
 
     name: str = "spike_count"
     beta: float = 1.0
+    groups: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in DECODERS:
             raise UserError(f"unknown decoder {self.name!r}: known are {', '.join(DECODERS)}")
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise UserError(f"decoder beta must be finite and > 0, got {self.beta}")
+        if self.groups < 1:
+            raise UserError(f"decoder groups must be >= 1, got {self.groups}")
 
     @property
     def reads_membrane(self) -> bool:
@@ -260,15 +281,21 @@ class DecoderSpec:
 
     def logits(self, spikes: torch.Tensor, membrane: torch.Tensor | None = None) -> torch.Tensor:
         """(T, B, C) output spikes (and membrane) -> (B, C) logits, differentiable."""
-        return decoder_logits(spikes, decoder=self.name, beta=self.beta, membrane=membrane)
+        return decoder_logits(spikes, decoder=self.name, beta=self.beta, membrane=membrane,
+                              groups=self.groups)
+
+    def predict(self, spikes: torch.Tensor, membrane: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, B, C) output spikes (and membrane) -> (B,) int64 classes (ties: lowest index)."""
+        return decoder_predict(spikes, decoder=self.name, membrane=membrane, groups=self.groups)
 
 
 def decoder_predict(spikes: torch.Tensor, *, decoder: str,
-                    membrane: torch.Tensor | None = None) -> torch.Tensor:
+                    membrane: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
     """(T, B, C) output spikes (and membrane) -> (B,) int64 classes of the named decoder (ties:
     lowest index)."""
     m = None if membrane is None else membrane.detach()
-    return decoder_logits(spikes.detach(), decoder=decoder, beta=1.0, membrane=m).argmax(dim=1)
+    return decoder_logits(spikes.detach(), decoder=decoder, beta=1.0, membrane=m,
+                          groups=groups).argmax(dim=1)
 
 
 DEFAULT_STEPS = 32  # a coding's steps where the file records none
@@ -289,6 +316,10 @@ def _checked_entry(key: str, value: object, *, where: str) -> object:
     number = _number(value)
     what = f"{where}: {key}"
     if key == "steps":
+        if number is None or number != round(number) or not 1 <= number <= MAX_STEPS:
+            raise UserError(f"{what} must be a whole number in 1..{MAX_STEPS}, got {brief(value)}")
+        return int(number)
+    if key == "decoder_groups":
         if number is None or number != round(number) or not 1 <= number <= MAX_STEPS:
             raise UserError(f"{what} must be a whole number in 1..{MAX_STEPS}, got {brief(value)}")
         return int(number)
@@ -313,6 +344,7 @@ class Coding:
         dataset       the data set the model was trained on (default "digits")
         decoder       a key of ``DECODERS`` (default "spike_count")
         decoder_beta  the decoder's logit scale, finite and > 0 (default 1)
+        decoder_groups  the average readout's populations (classes), >= 1 (default 1)
 
     ``entries`` keeps every entry as the file holds it, in its order, other tools' keys too (e.g.
     "writer"), so that a Deployment made from a graph writes the same coding back.
@@ -362,7 +394,8 @@ class Coding:
     @property
     def decoder(self) -> DecoderSpec:
         return DecoderSpec(name=str(self._get("decoder", "spike_count")),
-                           beta=float(self._get("decoder_beta", 1.0)))
+                           beta=float(self._get("decoder_beta", 1.0)),
+                           groups=int(self._get("decoder_groups", 1)))
 
     @property
     def binary(self) -> bool:

@@ -31,11 +31,24 @@ class RunResult:
     probes: tuple[LayerProbe, ...] = ()  # every layer's recording (``--record``), batch axis kept
     recorded: tuple[str, ...] = ()  # which of spikes, u, v
     single: bool = True  # one sample given without a batch axis: none in the files
+    decoder: str = "spike_count"  # the model's output decoder
+    classes: tuple[int, ...] | None = None  # its class per sample (None: it reads the membrane)
 
     def to_json(self) -> dict:
         """What ``run`` prints (the spikes themselves go to the .npy file)."""
         return {"samples": self.samples, "steps": self.steps,
-                "output_shape": list(self.output.shape), "spikes": int(self.output.sum())}
+                "output_shape": list(self.output.shape), "spikes": int(self.output.sum()),
+                "decoder": self.decoder,
+                "classes": None if self.classes is None else list(self.classes)}
+
+    def readout(self) -> str:
+        """"readout (average): class 6", the decoder's class of each sample (the first 10)."""
+        if self.classes is None:
+            return f"readout ({self.decoder}): needs the membrane, use evaluate"
+        shown = ", ".join(str(c) for c in self.classes[:10])
+        more = ", ..." if len(self.classes) > 10 else ""
+        return f"readout ({self.decoder}): class{'es' if len(self.classes) > 1 else ''}" \
+            f" {shown}{more}"
 
     def write(self, out: str | Path | None = None, out_dir: str | Path | None = None) -> list[Path]:
         """Save the output spikes as .npy, and with ``out_dir`` every recorded layer's arrays as
@@ -135,5 +148,9 @@ def run(model: str | Path, *, input_path: str | Path, backend: str, device: str 
     else:
         probes = ()
         out = run_backend(target, backend, [xt], device=device).output
+    decoder = target.coding.decoder
+    classes = None if decoder.reads_membrane else tuple(
+        int(c) for c in decoder.predict(torch.from_numpy(out.astype(np.float32))))
     return RunResult(output=out[:, 0] if single else out, samples=x3.shape[1], steps=x3.shape[0],
-                     probes=probes, recorded=tuple(record), single=single)
+                     probes=probes, recorded=tuple(record), single=single, decoder=decoder.name,
+                     classes=classes)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from snn_deploy.bounds import MAX_STEPS
-from snn_deploy.coding import MEMBRANE_DECODERS, DecoderSpec, decoder_predict, encode, encoded_width
+from snn_deploy.coding import MEMBRANE_DECODERS, DecoderSpec, encode, encoded_width
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity, fanout
@@ -95,12 +95,11 @@ def recording_logits(recording: Recording, decoder: DecoderSpec) -> torch.Tensor
                           membrane).to(torch.float32)
 
 
-def recording_predictions(recording: Recording, decoder: str) -> np.ndarray:
-    """(B,) int64 classes of a Recording under the named decoder (its membrane for a membrane
-    decoder)."""
+def recording_predictions(recording: Recording, decoder: DecoderSpec) -> np.ndarray:
+    """(B,) int64 classes of a Recording under a decoder (its membrane for a membrane decoder)."""
     membrane = None if recording.membrane is None else torch.from_numpy(recording.membrane)
-    return decoder_predict(torch.from_numpy(recording.output.astype(np.float32)), decoder=decoder,
-                           membrane=membrane).numpy()
+    return decoder.predict(torch.from_numpy(recording.output.astype(np.float32)),
+                           membrane).numpy()
 
 
 def encoded_batches(x: torch.Tensor, *, encoding: str, steps: int, seed: int
@@ -219,7 +218,7 @@ def evaluate_target(target: Target, split: Split, *, backend: BackendRef, part: 
     recording = runner.run(counted(), record=Record(membrane=decoder in MEMBRANE_DECODERS),
                            total=len(x), on_progress=on_progress)
     wall = time.perf_counter() - started
-    predictions = recording_predictions(recording, decoder)
+    predictions = recording_predictions(recording, coding.decoder)
     events = np.concatenate(events_parts)
     weights, recurrent = _synapses(target, backend)
     return Evaluation(

@@ -175,7 +175,7 @@ class Evaluator:
         rec = run_backend(self.target, backend or self.runner, counted(), device=self.device,
                           membrane=self.decoder.reads_membrane)
         counts = activity(rec, np.concatenate(events), self.weights, self.recurrent, steps=self.steps)
-        return Verified(predictions=recording_predictions(rec, self.decoder.name),
+        return Verified(predictions=recording_predictions(rec, self.decoder),
                         activity=counts, energy=price(counts, self.profile), recording=rec)
 
     def oracle(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -205,7 +205,7 @@ class Evaluator:
             return None
         rec = run_backend(self.target, "float", self.batches(self.x, "input"),
                           membrane=self.decoder.reads_membrane)
-        return recording_predictions(rec, self.decoder.name)
+        return recording_predictions(rec, self.decoder)
 
 
 def run_attack(ev: Evaluator, ctx: AttackContext, name: str, eps: float,

@@ -4,13 +4,14 @@ A Deployment file records the profile it was made for (its TOML text and hash), 
 file's SHA-256 and the source file itself (so the float reference travels with it). Format 2 adds
 each layer's kind, its neurons' (C, H, W) shape and a conv's geometry as attributes of the layer
 group (``kind``, ``shape``, ``conv_*``); a format-1 file (no ``kind``) holds dense layers only and
-still loads. ``validate_deployment`` runs the checks of ``quantize.validation``.
+still loads. A dense layer's synaptic delays (``QuantLayer.delays``) are a ``delays`` dataset
+of the layer group; a file without it holds none. ``validate_deployment`` runs the checks of
+``quantize.validation``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import h5py
@@ -22,8 +23,14 @@ from snn_deploy.errors import InputFileError, ProfileError, QuantizationError
 from snn_deploy.fileio import atomic_path
 from snn_deploy.hdf5_limits import open_checked
 from snn_deploy.profiles import Profile, parse_profile
+from snn_deploy.quantize.h5values import int32_array as _int32_array
+from snn_deploy.quantize.h5values import int_tuple as _int_tuple
+from snn_deploy.quantize.h5values import integer as _integer
+from snn_deploy.quantize.h5values import real as _real
+from snn_deploy.quantize.h5values import text as _text
 from snn_deploy.quantize.validation import (
     check_conv,
+    check_delays,
     check_dense,
     check_input,
     check_input_layer,
@@ -69,6 +76,7 @@ class RecurrentSynapse:
 # (C_out, C_in / groups, kH, kW), ``conv`` its geometry) or nothing, for an input layer of neurons
 # (``weights`` (n, 0)): the data enter as its bias (netx's ``input`` block) or as its input current.
 LAYER_KINDS = ("dense", "conv", "input")
+MAX_DELAY = 62  # the largest synaptic delay netx gives Lava's DelayDense (its max_delay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +119,9 @@ class QuantLayer:
                      -(2**23 - 1), 2**23 - 1)
         z_t   = [v_t > vth << 6];   v_t <- 0 where z_t (u is kept)
 
+    ``delays`` (int32 (n,), 0..MAX_DELAY, dense layers only): Lava's ``DelayDense`` as netx builds
+    it, a delay per post-synaptic neuron j on every synapse into it: a_t[j] = (w s_{t-1-d_j})_j.
+
     The Dense delays its output by one step, so layer l of a network sees layer l - 1's spikes
     one step later on Lava; every simulator here runs each layer in its own local time, every
     sample from rest. ``run.lif_core`` is the one implementation of these equations.
@@ -145,6 +156,7 @@ class QuantLayer:
     kind: str = "dense"  # a key of LAYER_KINDS
     conv: ConvGeometry | None = None  # for kind "conv"
     shape: tuple[int, ...] = ()  # the neurons' (C, H, W) shape; () for a flat (n,) layer
+    delays: np.ndarray | None = None  # int32 (n,): a DelayDense's delay per neuron (kind "dense")
 
     @property
     def size(self) -> int:
@@ -217,6 +229,8 @@ def save_deployment(dep: Deployment, path: str | Path) -> None:
                              **(_COMPRESSED if layer.weights.size else {}))
             g.create_dataset("bias_mant", data=layer.bias_mant.astype(np.int32))
             g.create_dataset("bias_exp", data=layer.bias_exp.astype(np.int32))
+            if layer.delays is not None:
+                g.create_dataset("delays", data=np.asarray(layer.delays, dtype=np.int32))
             if layer.recurrent is not None:
                 r = g.create_group("recurrent")
                 r.create_dataset("weights", data=layer.recurrent.weights.astype(np.int32),
@@ -227,51 +241,6 @@ def save_deployment(dep: Deployment, path: str | Path) -> None:
             s = g.create_group("stats")
             for key, value in dataclasses.asdict(layer.stats).items():
                 s.attrs[key] = value
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-_INT64_LIMIT = 2.0**63
-_INT32_RANGE = (-(1 << (lava.INT_BITS - 1)), (1 << (lava.INT_BITS - 1)) - 1)
-
-
-def _integer(value: object, what: str) -> int:
-    """An HDF5 attribute as an int: an integer, or a float that is finite and whole. NaN, inf,
-    2.5, 1e300 or text are an InputFileError naming ``what`` (int() would raise a bare
-    ValueError or OverflowError, or truncate 2.5 to 2)."""
-    arr = np.asarray(value)
-    ok = arr.shape == () and arr.dtype.kind in "iuf"
-    if ok and arr.dtype.kind == "f":
-        x = float(arr)
-        ok = math.isfinite(x) and x == math.floor(x) and abs(x) < _INT64_LIMIT
-    if not ok:
-        raise InputFileError(f"{what} must be an integer, got {value!r}")
-    return int(arr)
-
-
-def _real(value: object, what: str) -> float:
-    """An HDF5 attribute as a float (validate_deployment checks its range)."""
-    arr = np.asarray(value)
-    if arr.shape != () or arr.dtype.kind not in "iuf":
-        raise InputFileError(f"{what} must be a number, got {value!r}")
-    return float(arr)
-
-
-def _int32_array(data: object, what: str) -> np.ndarray:
-    """A stored integer array as int32. Floats must be whole and finite (a NaN cast to int32 is
-    silently -2**31), every value within int32 (a cast would silently wrap)."""
-    arr = np.asarray(data)
-    if arr.dtype.kind not in "iuf":
-        raise InputFileError(f"{what} must hold integers, got dtype {arr.dtype}")
-    if arr.dtype.kind == "f" and arr.size and not (
-            np.all(np.isfinite(arr)) and np.array_equal(arr, np.floor(arr))):
-        raise InputFileError(f"{what} must hold integers, got non-integer or non-finite floats")
-    lo, hi = _INT32_RANGE
-    if arr.size and (arr.min() < lo or arr.max() > hi):
-        raise InputFileError(f"{what} holds values {arr.min()}..{arr.max()} beyond int32")
-    return arr.astype(np.int32)
 
 
 def _read_stats(a: h5py.AttributeManager, where: str) -> LayerStats:
@@ -298,14 +267,6 @@ def _read_recurrent(g: h5py.Group, where: str) -> RecurrentSynapse | None:
                                                      f"{where}: recurrent num_weight_bits"))
 
 
-def _int_tuple(value: object, what: str, size: int | None = None) -> tuple[int, ...]:
-    """A stored 1-d integer array as a tuple (of ``size`` entries when given)."""
-    arr = _int32_array(value, what)
-    if arr.ndim != 1 or (size is not None and arr.size != size):
-        raise InputFileError(f"{what} must be {size or 'a list of'} integers, got shape {arr.shape}")
-    return tuple(int(v) for v in arr)
-
-
 def _read_kind(a: h5py.AttributeManager, where: str) -> dict:
     """The format-2 fields; a version-1 layer (no ``kind``) is a flat dense layer."""
     fields: dict = {"kind": _text(a.get("kind", "dense"))}
@@ -328,6 +289,7 @@ def _read_layer(g: h5py.Group, where: str) -> QuantLayer:
         bias_mant=_int32_array(g["bias_mant"], f"{where}: bias_mant"),
         bias_exp=_int32_array(g["bias_exp"], f"{where}: bias_exp"),
         stats=_read_stats(g["stats"].attrs, where), recurrent=_read_recurrent(g, where),
+        delays=_int32_array(g["delays"], f"{where}: delays") if "delays" in g else None,
         **{k: _integer(g.attrs[k], f"{where}: {k}") for k in _LAYER_SCALARS},
     )
 
@@ -386,6 +348,7 @@ def validate_deployment(dep: Deployment, *, origin: str) -> None:
             raise QuantizationError(f"{where}: unknown layer kind {layer.kind!r}, expected one of"
                                     f" {', '.join(LAYER_KINDS)}")
         check_shape(layer, where)
+        check_delays(layer, MAX_DELAY, where)
         if layer.kind == "conv":
             check_conv(layer, width, dep.profile, where)
         elif layer.kind == "input":

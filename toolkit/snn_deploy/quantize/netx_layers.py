@@ -20,7 +20,13 @@ import numpy as np
 
 from snn_deploy.errors import InputFileError, UnsupportedNode
 from snn_deploy.quantize.dense_grid import lava_dense_grid
-from snn_deploy.quantize.deployment import ConvGeometry, LayerStats, QuantLayer, RecurrentSynapse
+from snn_deploy.quantize.deployment import (
+    MAX_DELAY,
+    ConvGeometry,
+    LayerStats,
+    QuantLayer,
+    RecurrentSynapse,
+)
 from snn_deploy.quantize.netx import (
     LAVA_FORMATS,
     NETX_BIAS_EXP,
@@ -55,6 +61,40 @@ def _ints(dataset: h5py.Dataset, where: str) -> np.ndarray:
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
         raise InputFileError(f"{where}: {dataset.name.rsplit('/', 1)[-1]} holds NaN or inf")
     return data.astype(np.int64)
+
+
+def delay_problem(g: h5py.Group) -> str | None:
+    """Why a dense layer's ``delay`` is beyond a Deployment, or None. netx/hdf5.py
+    ``create_dense`` repeats a delay of n_out values over the inputs (a delay per neuron, what a
+    Deployment holds), one of n_in values over the outputs (a delay per input: only a uniform
+    one is the same)."""
+    if "delay" not in g:
+        return None
+    delay = np.asarray(g["delay"][()], dtype=np.float64).reshape(-1)
+    n = int(np.prod(np.asarray(g["shape"][()])))
+    if not np.all(np.isfinite(delay)) or np.any(delay != np.round(delay)) or np.any(delay < 0):
+        return "synaptic delays must be whole numbers >= 0"
+    if delay.size not in (1, n) and np.any(delay != delay[0]):
+        return (f"{delay.size} synaptic delays for {n} neurons: a delay per input neuron,"
+                " which a Deployment (a delay per neuron) cannot hold")
+    return None
+
+
+def read_delays(g: h5py.Group, n: int, where: str) -> np.ndarray | None:
+    """A dense layer's delays as int32 (n,) (``delay_problem`` checked them), clamped to
+    MAX_DELAY with a warning as netx does; None where there is no delay or all are 0 (netx then
+    builds a DelayDense whose arithmetic and timing are a Dense's)."""
+    if "delay" not in g:
+        return None
+    delay = np.asarray(g["delay"][()], dtype=np.float64).reshape(-1)
+    if not np.any(delay):
+        return None
+    if delay.max() > MAX_DELAY:
+        warnings.warn(f"{where}: synaptic delays up to {delay.max():g} are clamped to {MAX_DELAY},"
+                      " as lava-dl netx clamps them", stacklevel=3)
+    delay = np.broadcast_to(np.minimum(delay, MAX_DELAY), (n,)) if delay.size in (1, n) else \
+        np.full(n, min(delay[0], MAX_DELAY))
+    return delay.astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +195,7 @@ def read_dense(g: h5py.Group, i: int, *, width: int | None, message_bits: int,
         du=neuron.du, dv=neuron.dv, vth=neuron.vth, num_message_bits=message_bits,
         stats=LayerStats(weights_total=total, weights_saturated=changed,
                          threshold_saturated=False, bias_saturated=0, u_peak_share=0.0),
-        recurrent=rec, **params,
+        recurrent=rec, delays=read_delays(g, n, where), **params,
     )
 
 

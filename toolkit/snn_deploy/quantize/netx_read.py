@@ -7,7 +7,8 @@ it only through its bias: its input port is connected to nothing in lava-dl 0.6,
 enter as its bias at run time); ``flatten`` is no layer (a Dense after it takes the (C, H, W)
 output flattened C-major, as netx's flatten does). What a Deployment cannot hold raises
 ``UnsupportedNode`` listing every offending layer: pool, average and the other types, complex
-dense layers, non-zero synaptic delays, neurons other than CUBA/LOIHI, an input layer of neurons
+dense layers, synaptic delays other than one per neuron of a dense layer (those become
+``QuantLayer.delays``, a DelayDense), neurons other than CUBA/LOIHI, an input layer of neurons
 after other layers, and dense or conv layers without a neuron (netx gives them a non-leaking
 integrator, du = -1 and threshold 131072, beyond a Deployment's formats). ``skip_layers`` /
 ``num_layers`` select layers exactly as the same arguments of ``netx.hdf5.Network`` do:
@@ -32,6 +33,7 @@ from snn_deploy.quantize.deployment import Deployment, QuantLayer, validate_depl
 from snn_deploy.quantize.netx import NETX_LIF_NEURONS, check_profile
 from snn_deploy.quantize.netx_layers import (
     decode_text,
+    delay_problem,
     read_conv,
     read_dense,
     read_input,
@@ -39,7 +41,8 @@ from snn_deploy.quantize.netx_layers import (
 )
 
 _SUPPORTED_TYPES = ("input", "flatten", "dense", "dense_rec", "conv")
-_NOT_YET = {"average": "average readout: not supported yet, netx cannot build it either"}
+_NOT_YET = {"average": "average readout before other layers: it is read as the output decoder"
+                       " only as the last layer kept"}
 # netx/hdf5.py create_dense: a dense layer without a neuron group gets this one
 _NETX_DEFAULT_NEURON = ("netx's default integrator, iDecay 0 and vThMant 1 << 17, needs du = -1"
                         " and vth 131072, beyond a Deployment's du 0..4095 and 17-bit vth")
@@ -61,8 +64,9 @@ def _dense_problem(group: h5py.Group) -> str | None:
     if problem:
         return problem
     if "delay" in group and np.any(np.asarray(group["delay"][()]) != 0):
-        delay = np.asarray(group["delay"][()])
-        return f"synaptic delays up to {delay.max():g}, not supported yet"
+        if decode_text(group["type"]) != "dense":
+            return "synaptic delays (only dense layers, Lava's DelayDense, have them)"
+        return delay_problem(group)
     return None
 
 
@@ -96,7 +100,26 @@ def _message_bits(g: h5py.Group, before: int) -> int:
     return read_scalar(neuron, "messageBits", neuron.name) if "messageBits" in neuron else 0
 
 
-def _coding(f: h5py.File) -> Coding:
+def _average_readout(layers: h5py.Group, start: int, end: int) -> int | None:
+    """The populations (classes) of an ``average`` block that ends the kept layers, else None.
+
+    netx cannot build it (``create_average`` raises NotImplementedError); what it computes is the
+    mean spike count of each of its C equal populations of the layer before: the coding's
+    ``average`` decoder (``coding.average_logits``)."""
+    if end - start < 2 or decode_text(layers[str(end - 1)]["type"]) != "average":
+        return None
+    return int(np.prod(_chw(layers[str(end - 1)])))
+
+
+def _coding(f: h5py.File, readout: int | None = None) -> Coding:
+    coding = _file_coding(f)
+    if readout is None:
+        return coding
+    return Coding.read({**coding.to_dict(), "decoder": "average", "decoder_groups": readout},
+                       where=f"{f.filename}: average readout")
+
+
+def _file_coding(f: h5py.File) -> Coding:
     if "snn_deploy_coding" in f.attrs:
         return Coding.read(json.loads(decode_text(f.attrs["snn_deploy_coding"])),
                            where=f"{f.filename}: snn_deploy_coding")
@@ -172,7 +195,8 @@ def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
         raise InputFileError(f"{path}: netx layers must be named 0..{count - 1},"
                              f" found {sorted(layers.keys())[:8]}")
     end = count if num_layers is None else min(count, num_layers)
-    keep = range(skip_layers, end)
+    readout = _average_readout(layers, skip_layers, end)
+    keep = range(skip_layers, end - (readout is not None))
     problems = _layer_problems(layers, keep)
     if problems:
         raise UnsupportedNode(f"{path}: a Deployment cannot represent " + "; ".join(problems))
@@ -185,7 +209,7 @@ def _read(f: h5py.File, path: Path, profile: Profile, skip_layers: int,
     return Deployment(  # its value ranges: validate_deployment, which read_netx calls
         profile=profile, layers=tuple(quant), input_size=_input_size(quant[0]),
         input_scale=int(f.attrs.get("snn_deploy_input_scale", 1)),
-        dt=float(f.attrs.get("snn_deploy_dt", 1.0)), coding=_coding(f),
+        dt=float(f.attrs.get("snn_deploy_dt", 1.0)), coding=_coding(f, readout),
         source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), source_nir=b"",
         calibration="imported from netx",
     )

@@ -85,6 +85,8 @@ def _write_layer(g: h5py.Group, layer: QuantLayer, *, n_in: int, out_message_bit
     g.create_dataset("outFeatures", data=layer.size)
     g.create_dataset("weight", data=effective.astype(np.float32))
     g.create_dataset("bias", data=bias.astype(np.float32))
+    if layer.delays is not None:  # netx: a delay per output neuron, repeated over the inputs
+        g.create_dataset("delay", data=np.asarray(layer.delays, dtype=np.float32))
     neuron = {"type": np.bytes_("CUBA"), "iDecay": layer.du + LAVA_FORMATS["du_offset"],
               "vDecay": layer.dv, "vThMant": layer.vth, "refDelay": 1, "gradedSpike": False}
     if out_message_bits:  # netx gives the next Dense num_message_bits = this neuron's messageBits

@@ -93,6 +93,24 @@ def check_shape(layer: QuantLayer, where: str) -> None:
         raise QuantizationError(f"{where}: a {layer.kind} layer with a conv geometry")
 
 
+def check_delays(layer: QuantLayer, max_delay: int, where: str) -> None:
+    """A DelayDense's delays, when set: a dense layer's, integers 0..max_delay, one per neuron."""
+    d = layer.delays
+    if d is None:
+        return
+    if layer.kind != "dense":
+        raise QuantizationError(f"{where}: synaptic delays on a {layer.kind} layer: only dense"
+                                " layers (Lava's DelayDense) have them")
+    d = np.asarray(d)
+    if d.shape != (layer.size,) or not np.issubdtype(d.dtype, np.integer):
+        raise QuantizationError(f"{where}: delays of shape {d.shape} and dtype {d.dtype}; expected"
+                                f" ({layer.size},) integers, one per neuron")
+    found = outside(d, 0, max_delay)
+    if found:
+        raise QuantizationError(f"{where}: delays {found} outside 0..{max_delay} (Lava's DelayDense"
+                                " as netx builds it)")
+
+
 def check_dense(layer: QuantLayer, width: int, p: Profile, where: str) -> None:
     """A Dense from ``width`` inputs: weights (n, width), n = the layer's size."""
     w = layer.weights

@@ -312,7 +312,7 @@ def run_layers(dep: Deployment, x: torch.Tensor, *, device: str | torch.device =
     for k, c in enumerate(layers):
         if pipeline is not None and c.ff is not None:
             s = _delayed(s)
-        a_in = drive(c, s, dep.profile, ws=ws)
+        a_in = c.delayed(drive(c, s, dep.profile, ws=ws))  # a DelayDense's delays, if any
         trace = lif(c, a_in, profile=dep.profile, record_state=record_state, ws=ws,
                     name=f"spikes{k}", kernel=loop, bias=bias if k == 0 else None,
                     resets=None if pipeline is None else pipeline.resets(k, s.shape[0]))

@@ -17,6 +17,12 @@ Lava's fixed-point Conv applies no weight exponent and wraps its output into 24 
 ``quantize.deployment.ConvGeometry`` states and the emulator's ``ConvSynapses`` computes. Like a
 Dense, it delays its output by one step, so the graph's timing (staggered resets, pauses for
 recurrent layers) is the same for both kinds.
+
+A dense layer with synaptic delays (``QuantLayer.delays``) is Lava's ``DelayDense``
+(``PyDelayDenseModelBitAcc``) as netx builds it (netx/blocks/process.py ``Dense``): the (n, n_in)
+delay matrix repeats each neuron's delay over its inputs, ``max_delay`` 62, so a spike sent at
+step t reaches neuron j at t + 1 + d_j. Its buffer ``a_buff`` (n, 63) holds what arrives in the
+next 63 steps; run/lava_sim.py empties the part of it that belongs to the next sample.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from snn_deploy.errors import UserError
-from snn_deploy.quantize.deployment import Deployment, QuantLayer
+from snn_deploy.quantize.deployment import MAX_DELAY, Deployment, QuantLayer
 
 # Lava SignMode names for our sign_mode strings (lava/utils/weightutils.py, SignMode).
 _SIGN_MODE_NAMES = {"mixed": "MIXED", "excitatory": "EXCITATORY", "inhibitory": "INHIBITORY"}
@@ -44,14 +50,19 @@ def require_lava_kinds(dep: Deployment, what: str = "the Lava backends") -> None
 
 
 def dense(weights: np.ndarray, *, weight_exp: int, num_weight_bits: int, sign_mode: str,
-          num_message_bits: int, name: str) -> Any:
-    """A fixed-point Lava ``Dense`` of (n_out, n_in) mantissas."""
-    from lava.proc.dense.process import Dense
+          num_message_bits: int, name: str, delays: np.ndarray | None = None) -> Any:
+    """A fixed-point Lava ``Dense`` of (n_out, n_in) mantissas; a ``DelayDense`` with (n_out,)
+    ``delays``, one per output neuron, as netx builds it."""
+    from lava.proc.dense.process import DelayDense, Dense
     from lava.utils.weightutils import SignMode
 
-    return Dense(weights=weights, weight_exp=weight_exp, num_weight_bits=num_weight_bits,
-                 num_message_bits=num_message_bits,
-                 sign_mode=getattr(SignMode, _SIGN_MODE_NAMES[sign_mode]), name=name)
+    params = dict(weights=weights, weight_exp=weight_exp, num_weight_bits=num_weight_bits,
+                  num_message_bits=num_message_bits,
+                  sign_mode=getattr(SignMode, _SIGN_MODE_NAMES[sign_mode]), name=name)
+    if delays is None:
+        return Dense(**params)
+    matrix = np.repeat(np.asarray(delays, dtype=int).reshape(-1, 1), weights.shape[1], axis=1)
+    return DelayDense(delays=matrix, max_delay=MAX_DELAY, **params)
 
 
 def conv_kernel(weights: np.ndarray) -> np.ndarray:
@@ -95,7 +106,7 @@ def feed_forward(layer: QuantLayer, port: Any) -> Any:
         return conv(layer, port)
     ff = dense(layer.weights, weight_exp=layer.weight_exp, num_weight_bits=layer.num_weight_bits,
                sign_mode=layer.sign_mode, num_message_bits=layer.num_message_bits,
-               name=f"dense:{layer.synapse}")
+               name=f"dense:{layer.synapse}", delays=layer.delays)
     port.connect(ff.s_in)
     return ff.a_out
 

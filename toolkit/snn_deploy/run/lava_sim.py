@@ -23,6 +23,13 @@ run pauses before every such step and sets the recurrent Dense's buffer ``a_buff
 sample starts from rest, as the NIR graph and the float backend assume, and a batched run equals
 one fresh run per sample (tests/test_recurrent.py). Feed-forward deployments need no pauses.
 
+A ``DelayDense`` (a dense layer with synaptic delays) would likewise carry the previous sample's
+late spikes into the next one: its buffer holds what arrives up to 63 steps later. The run
+pauses one step earlier, before layer l's last step of sample s - 1 (after s*T + l - 1 steps),
+when column 0 of the buffer is that last step's input and columns 1.. are the stale spikes due
+during sample s, and zeroes those columns: every sample starts from rest here too
+(tests/test_delays.py).
+
 The ``loihi2`` backend (run/loihi2.py) runs this same graph, built by ``build_graph``, with
 ``Loihi2HwCfg``: its ``Bridge`` puts lava-loihi's spike adapters where the host processes (source,
 recorders) meet the neuro cores; here the ``DIRECT`` bridge connects them as they are.
@@ -154,15 +161,30 @@ class LavaGraph:
     steps: int = 1  # per sample
     # (depth l, the recurrent Dense of layer l): emptied before each of layer l's reset steps
     loops: tuple[tuple[int, Any], ...] = ()
+    # (depth l, the DelayDense feeding layer l): its later columns emptied a step before that
+    delayed: tuple[tuple[int, Any], ...] = ()
 
-    def pauses(self) -> dict[int, list[Any]]:
-        """Step counts after which to empty recurrent Dense buffers: for layer l, s*T + l (Lava
-        steps 0..s*T + l - 1 done; the next is l's first step of sample s), for each sample s."""
-        at: dict[int, list[Any]] = {}
+    def pauses(self) -> dict[int, list[tuple[Any, int]]]:
+        """Step counts after which to empty synapse buffers, as (process, columns kept): for a
+        recurrent Dense of layer l, all of it after s*T + l steps (Lava steps 0..s*T + l - 1 done;
+        the next is l's first step of sample s), for each sample s; for a DelayDense into layer l,
+        all but column 0 after s*T + l - 1 steps, for each sample s >= 1."""
+        at: dict[int, list[tuple[Any, int]]] = {}
         for depth, loop in self.loops:
             for stop in range(depth, self.total_steps, self.steps):
-                at.setdefault(stop, []).append(loop)
+                at.setdefault(stop, []).append((loop, 0))
+        for depth, proc in self.delayed:
+            for stop in range(depth - 1 + self.steps, self.total_steps, self.steps):
+                at.setdefault(stop, []).append((proc, 1))
         return at
+
+
+def _empty_buffer(proc: Any, keep: int) -> None:
+    """Zero a synapse's ``a_buff``, all of it (keep 0) or its columns from ``keep`` on."""
+    buf = np.zeros(proc.a_buff.shape, dtype=np.int32)
+    if keep:
+        buf[:, :keep] = np.asarray(proc.a_buff.get())[:, :keep]
+    proc.a_buff.set(buf)
 
 
 def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Path,
@@ -182,7 +204,7 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
     source = Source(data=data)
     port = bridge.to_chip(source.s_out, size=dep.input_size,
                           num_message_bits=dep.layers[0].num_message_bits)
-    lifs, records, loops = [], [], []
+    lifs, records, loops, delayed = [], [], [], []
     for depth, layer in enumerate(dep.layers, start=1):
         a_out = feed_forward(layer, port)  # a Dense or a Conv, flat C, H, W output
         lif = LIFReset(
@@ -191,6 +213,8 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
             reset_interval=steps, reset_offset=(depth + 1) % steps, name=f"lif:{layer.neuron}",
         )
         a_out.connect(lif.a_in)
+        if layer.delays is not None:
+            delayed.append((depth, a_out.process))
         if layer.recurrent is not None:  # the LIF's input port sums both synapses' outputs
             loops.append((depth, recurrent(layer, lif)))
         record = record_dir / f"layer{depth}.npy"
@@ -201,7 +225,8 @@ def build_graph(dep: Deployment, data: np.ndarray, *, steps: int, record_dir: Pa
         records.append(record)
         port = lif.s_out
     return LavaGraph(source=source, lifs=tuple(lifs), records=tuple(records),
-                     total_steps=total_steps, steps=steps, loops=tuple(loops))
+                     total_steps=total_steps, steps=steps, loops=tuple(loops),
+                     delayed=tuple(delayed))
 
 
 def execute(graph: LavaGraph, *, on_progress: Callable[[int, int], None] | None = None,
@@ -230,8 +255,8 @@ def execute(graph: LavaGraph, *, on_progress: Callable[[int, int], None] | None 
             if stop > done:
                 graph.source.run(condition=RunSteps(num_steps=stop - done))
                 done = stop
-            for loop in pauses.get(stop, ()):
-                loop.a_buff.set(np.zeros(loop.a_buff.shape, dtype=np.int32))
+            for proc, keep in pauses.get(stop, ()):
+                _empty_buffer(proc, keep)
             if on_progress is not None and stop in reports:
                 on_progress(stop, total)
         if before_stop is not None:

@@ -22,13 +22,16 @@ CONV_WRAP = float(1 << 23)  # Lava's fixed-point Conv wraps its output into 24 b
 
 
 def require_dense(dep: Deployment, what: str) -> None:
-    """Refuse the layer kinds ``what`` does not run yet: conv and input layers run natively on the
-    emulator only, so far."""
+    """Refuse the layer kinds ``what`` does not run yet: conv and input layers, and dense layers
+    with synaptic delays, run natively on the emulator only, so far."""
     for i, layer in enumerate(dep.layers):
         if layer.kind != "dense":
             raise UserError(f"{what} runs dense layers only so far, and layer {i} ({layer.neuron})"
                             f" is {'an' if layer.kind == 'input' else 'a'} {layer.kind} layer:"
                             " run it on the emulator")
+        if layer.delays is not None:
+            raise UserError(f"{what} runs layers without synaptic delays only so far, and layer"
+                            f" {i} ({layer.neuron}) has delays: run it on the emulator")
 
 
 def lava_weights(layer: QuantLayer, *, weight_bits: int = lava.WEIGHT_BITS) -> np.ndarray:
@@ -129,6 +132,7 @@ class LayerConstants:
     # the recurrent weights on Lava's grid for run/kernel.py, float64, transposed (row j: what
     # neuron j's spike adds)
     rec_wt: np.ndarray | None = None
+    delays: torch.Tensor | None = None  # (n,) int64: a DelayDense's delay per neuron
 
     @classmethod
     def of(cls, layer: QuantLayer, dep: Deployment, device: torch.device,
@@ -157,7 +161,20 @@ class LayerConstants:
             v_keep=(unity - (layer.dv + p.dv_offset)) / unity,
             bias=torch.as_tensor(bias, dtype=torch.float64, device=device),
             vth=float(layer.vth << p.threshold_shift), size=layer.size, rec_wt=rec_wt,
+            delays=None if layer.delays is None else torch.as_tensor(
+                np.asarray(layer.delays, dtype=np.int64), device=device),
         )
+
+    def delayed(self, a: torch.Tensor) -> torch.Tensor:
+        """(T, B, n) synaptic input -> the same with neuron j's column d_j steps later (zeros
+        before): Lava's ``DelayDense``, a spike sent at step t reaching neuron j at t + 1 + d_j
+        (the 1 is every synapse's step, ``run.emulator``'s local time). Exact: a gather."""
+        if self.delays is None or not bool(self.delays.any()):
+            return a
+        steps = a.shape[0]
+        src = torch.arange(steps, device=a.device)[:, None] - self.delays[None, :]  # (T, n)
+        index = src.clamp(min=0)[:, None, :].expand(steps, a.shape[1], a.shape[2])
+        return torch.gather(a, 0, index) * (src >= 0)[:, None, :].to(a.dtype)
 
 
 def constants(dep: Deployment, device: torch.device, max_input: int) -> list[LayerConstants]:
