@@ -23,7 +23,7 @@ from snn_deploy.convert.nirfile import read_nir
 from snn_deploy.convert.nirgraph import SOURCE_RESETS, graph_to_network, with_reset
 from snn_deploy.errors import UserError
 from snn_deploy.run.emulator import run_emulator, run_layers
-from snn_deploy.run.float_backend import LayerParams, layer_step, run_float, synaptic
+from snn_deploy.run.float_backend import LayerParams, feed, layer_step, run_float
 
 PEER_ENV = "SNN_DEPLOY_PEER_DIR"
 DEFAULT_PEER = Path(__file__).resolve().parents[2] / "shared" / "peer"
@@ -187,11 +187,11 @@ def test_sinabs_cnn_reads_as_nir_if_and_runs_as_sinabs_computes():
     sinabs = with_reset(net, "sinabs")
     v = [torch.zeros(2, layer.size) for layer in net.layers]
     counts = [torch.zeros(2, layer.size) for layer in net.layers]
-    weights = [LayerParams.of(layer).w for layer in net.layers]
+    params = [LayerParams.of(layer) for layer in net.layers]
     for t in range(x.shape[0]):
         h = x[t]
         for k, layer in enumerate(net.layers):
-            v[k] = v[k] + (synaptic(weights[k], h) + torch.as_tensor(layer.bias).float())
+            v[k] = v[k] + (feed(params[k], h) + torch.as_tensor(layer.bias).float())
             h = torch.where(v[k] > 0, torch.div(v[k], 1.0, rounding_mode="trunc"), 0.0)
             v[k] = torch.maximum(v[k] - h, torch.tensor(-1.0))
             counts[k] += h

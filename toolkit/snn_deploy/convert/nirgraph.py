@@ -20,8 +20,8 @@ How the source model reset (reset to v_reset, by subtraction, or Sinabs' several
 is not in NIR: ``SOURCE_RESETS`` names the variants the float backend can run for comparison.
 
 Between two neurons any run of linear nodes (Affine, Linear, Scale, Conv1d/2d, SumPool2d,
-AvgPool2d, Flatten, Identity) is composed into one weight matrix (``convert.lowering``); nested
-subgraphs are inlined first.
+AvgPool2d, Flatten, Identity) is composed into one weight matrix (``convert.lowering``), except a
+single Conv2d, which stays a native conv (``convert.conv``); nested subgraphs are inlined first.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ import nir
 import numpy as np
 
 from snn_deploy.coding import Coding
+from snn_deploy.convert.conv import ConvMap, ConvShape, synapse_map
 from snn_deploy.convert.lowering import (
     LINEAR_TYPES,
-    MAX_DENSE_ELEMENTS,
     AffineMap,
-    compose,
     float_array,
     inline_subgraphs,
 )
@@ -94,20 +93,23 @@ class NeuronSpec:
 class FloatLayer:
     """One synapse node followed by one neuron node, optionally with a recurrent synapse
     (a NIR cycle neuron -> Affine|Linear -> the same neuron) whose input is the previous step's
-    spikes: ``I_t = ... + w_in * (R z_{t-1} + b_rec)``."""
+    spikes: ``I_t = ... + w_in * (R z_{t-1} + b_rec)``. A native conv layer (``conv`` set) holds
+    its kernel (C_out, C_in / groups, kH, kW) as ``weight`` and its neurons' (C, H, W) ``shape``."""
 
     synapse: str
     neuron: str
-    weight: np.ndarray  # (n_out, n_in) float64
+    weight: np.ndarray  # (n_out, n_in) float64; a conv's kernel
     bias: np.ndarray  # (n_out,) float64
     spec: NeuronSpec
     recurrent: np.ndarray | None = None  # (n, n) float64
     recurrent_bias: np.ndarray | None = None  # (n,) float64
     recurrent_synapse: str | None = None
+    conv: ConvShape | None = None
+    shape: tuple[int, ...] = ()  # the neurons' (C, H, W) for a conv; () for a flat (n,) layer
 
     @property
     def size(self) -> int:
-        return int(self.weight.shape[0])
+        return int(self.bias.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,20 +322,7 @@ def _input_shape(name: str, node: nir.Input) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def _synapse(graph: nir.NIRGraph, names: list[str], shape: tuple[int, ...], *,
-             neuron: str) -> AffineMap:
-    n_in = math.prod(shape)
-    if not names and n_in * n_in > MAX_DENSE_ELEMENTS:  # before np.eye(n_in) is built
-        raise UserError(f"node {neuron!r} takes the {n_in} inputs directly: its {n_in} x {n_in}"
-                        f" identity weights exceed the {MAX_DENSE_ELEMENTS} one Dense can hold here")
-    amap = compose([(n, graph.nodes[n]) for n in names], shape)
-    for what, arr in (("weight", amap.weight), ("bias", amap.bias)):
-        if not np.all(np.isfinite(arr)):
-            raise UserError(f"node(s) {', '.join(map(repr, names))}: {what} holds NaN or Inf")
-    return amap
-
-
-def _layer(graph: nir.NIRGraph, name: str, amap: AffineMap, *, synapses: list[str],
+def _layer(graph: nir.NIRGraph, name: str, amap: AffineMap | ConvMap, *, synapses: list[str],
            recurrent: str | None, dt: float, notes: list[str]) -> FloatLayer:
     """Neuron node ``name`` fed through ``amap`` (composed from the ``synapses`` nodes), with its
     recurrent Affine|Linear node if it has one."""
@@ -354,11 +343,15 @@ def _layer(graph: nir.NIRGraph, name: str, amap: AffineMap, *, synapses: list[st
     return FloatLayer(synapse="+".join(synapses) or f"identity:{name}", neuron=name,
                       weight=amap.weight, bias=amap.bias,
                       spec=neuron_spec(node, n, dt, name, notes),
-                      recurrent=rec, recurrent_bias=rec_bias, recurrent_synapse=recurrent)
+                      recurrent=rec, recurrent_bias=rec_bias, recurrent_synapse=recurrent,
+                      conv=getattr(amap, "conv", None), shape=getattr(amap, "conv", None)
+                      and amap.out_shape or ())
 
 
-def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNetwork:
-    """Validate a NIR graph and turn it into a layer chain.
+def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None,
+                     native_convs: bool = True) -> FloatNetwork:
+    """Validate a NIR graph and turn it into a layer chain; with ``native_convs`` a single Conv2d
+    between two neurons stays a native conv layer (``convert.conv``), else it is lowered to dense.
 
     Raises:
         UnsupportedNode: naming every node of an unsupported type (id and type) at once, or the
@@ -379,7 +372,8 @@ def graph_to_network(graph: nir.NIRGraph, *, dt: float | None = None) -> FloatNe
         if type(graph.nodes[name]).__name__ in LINEAR_TYPES:
             pending.append(name)
             continue
-        amap = _synapse(graph, pending, shape, neuron=name)
+        amap = synapse_map([(n, graph.nodes[n]) for n in pending], shape, neuron=name,
+                           native=native_convs and name not in loops)
         layers.append(_layer(graph, name, amap, synapses=pending, recurrent=loops.get(name),
                              dt=step, notes=notes))
         shape, pending = amap.out_shape, []

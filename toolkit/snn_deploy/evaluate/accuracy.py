@@ -11,6 +11,7 @@ import torch
 
 from snn_deploy.bounds import MAX_STEPS
 from snn_deploy.coding import MEMBRANE_DECODERS, DecoderSpec, encode, encoded_width
+from snn_deploy.convert.conv import lowered
 from snn_deploy.data import Split
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import ActivityCounts, activity, fanout
@@ -50,7 +51,8 @@ def _synapses(target: Target, backend: str) -> tuple[list[np.ndarray], list[np.n
     if target.checkpoint is not None:
         return [m.weight.detach().numpy() for m in list(target.checkpoint.net)[::2]], []
     layers_f = target.require_network().layers
-    return [layer.weight for layer in layers_f], [layer.recurrent for layer in layers_f]
+    return ([layer.weight if layer.conv is None else lowered(layer.weight, layer.conv)
+             for layer in layers_f], [layer.recurrent for layer in layers_f])
 
 
 def open_backend(target: Target, backend: str, *, device: str = "cpu") -> Backend:

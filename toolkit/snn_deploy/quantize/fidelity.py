@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from snn_deploy.convert.conv import per_row
 from snn_deploy.convert.nirgraph import FloatNetwork
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.dense_grid import weight_grid
@@ -48,7 +49,7 @@ class FidelityLayer:
 def ideal_mantissas(layer: QuantLayer, float_weight: np.ndarray, gain: np.ndarray, *,
                     input_scale: int, activation_shift: int) -> np.ndarray:
     """The unrounded mantissas ``quantize_layer`` rounds: gain * W * s / input_scale / 2**(e + a)."""
-    w_eff = gain[:, None] * float_weight / input_scale
+    w_eff = per_row(gain, float_weight) * float_weight / input_scale
     return w_eff * layer.scale / 2.0 ** (layer.weight_exp + activation_shift)
 
 

@@ -19,6 +19,10 @@ calibrated peak of |u| stays within half the 24-bit range. The formats themselve
 profile's, within Lava's (snn_deploy/lava_formats.py); the Dense weight grid and sign modes are
 in ``quantize.dense_grid``.
 
+A native conv layer (``FloatLayer.conv``) becomes a Lava Conv (kind "conv"), which applies no
+weight exponent: its exponent is 0 and ``s`` the largest value for which the kernel's mantissas
+fit the same grid (so a conv whose dense lowering gets exponent 0 quantizes to the same integers).
+
 Every layer's ``LayerStats`` says what hit a range limit: weights and biases clipped, and a
 threshold clipped at vth_max or rounded down to 0 (the neuron then fires whenever v > 0); each
 such layer is also named in a warning, which ``api.deploy`` passes on to the CLI.
@@ -32,11 +36,18 @@ import warnings
 
 import numpy as np
 
+from snn_deploy.convert.conv import per_row
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork
 from snn_deploy.errors import QuantizationError
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.dense_grid import WeightGrid, sign_mode_of, weight_grid
-from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer, RecurrentSynapse
+from snn_deploy.quantize.deployment import (
+    ConvGeometry,
+    Deployment,
+    LayerStats,
+    QuantLayer,
+    RecurrentSynapse,
+)
 
 # Share of the 24-bit state range the calibrated peak of |u| may use: the rest is headroom for
 # inputs stronger than the calibration set's (u wraps around on overflow, which is catastrophic).
@@ -143,7 +154,7 @@ def _warn_limits(layer: FloatLayer, *, theta: float, vth: int, vth_raw: int, pro
 
 def _check_values(layer: FloatLayer, u_peak: float) -> None:
     """Refuse an empty layer and NaN or inf parameters, naming them."""
-    if layer.weight.ndim != 2 or min(layer.weight.shape) < 1:
+    if layer.weight.ndim != (2 if layer.conv is None else 4) or min(layer.weight.shape) < 1:
         raise QuantizationError(f"layer {layer.neuron!r}: weights of shape {layer.weight.shape}:"
                                 " a layer needs at least one input and one neuron")
     spec = layer.spec
@@ -219,7 +230,7 @@ def _drive(layer: FloatLayer, dyn: _Dynamics, *, input_scale: int) -> _Drive:
     spec = layer.spec
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
         gain = dyn.mem_gain * spec.r * spec.w_in  # (n,) voltage per unit of synaptic input
-        w_eff = gain[:, None] * layer.weight / input_scale
+        w_eff = per_row(gain, layer.weight) * layer.weight / input_scale
         # Per-step voltage bias: v_leak through the leak term, the Affine bias through the
         # current (exact when the current does not persist, its steady state b / (1 - syn_keep)
         # otherwise).
@@ -227,10 +238,19 @@ def _drive(layer: FloatLayer, dyn: _Dynamics, *, input_scale: int) -> _Drive:
         bias_v = gain * bias_in / max(1.0 - dyn.syn_keep, 1e-12)
         if spec.leak:
             bias_v = bias_v + dyn.mem_gain * (spec.v_leak - dyn.v_reset)
+    if layer.conv is not None:  # one kernel per output channel: one gain per channel
+        _uniform_channels(gain, layer)
     if not all(np.all(np.isfinite(x)) for x in (gain, w_eff, bias_v)):
         raise QuantizationError(f"layer {layer.neuron!r}: its effective weights or bias overflow"
                                 " float64 (values near 1e308): no scale represents them")
     return _Drive(gain=gain, w_eff=w_eff, bias_in=bias_in, bias_v=bias_v)
+
+
+def _uniform_channels(gain: np.ndarray, layer: FloatLayer) -> None:
+    per_channel = gain.reshape(layer.weight.shape[0], -1)
+    if not np.allclose(per_channel, per_channel[:, :1], rtol=1e-6, atol=0):
+        raise QuantizationError(f"layer {layer.neuron!r}: mem_gain * r * w_in differs between"
+                                " the neurons of an output channel; a Lava Conv shares its kernel")
 
 
 def _warn_bias_transient(layer: FloatLayer, dyn: _Dynamics, drive: _Drive) -> None:
@@ -252,7 +272,8 @@ def _warn_bias_transient(layer: FloatLayer, dyn: _Dynamics, drive: _Drive) -> No
 def _fit_scale(layer: FloatLayer, profile: Profile, *, theta: float, u_peak: float,
                bias_v: np.ndarray, full_range: float) -> _Scale:
     """The largest ``s`` that keeps vth, the calibrated peak |u| and the biases in range, and the
-    weight exponent at which the weights (``full_range``: ``_full_range``) best use the grid.
+    weight exponent at which the weights (``full_range``: ``_full_range``) best use the grid
+    (a conv: exponent 0, and ``s`` no larger than puts its weights on the grid at exponent 0).
 
     Raises:
         QuantizationError: no positive finite scale fits.
@@ -273,6 +294,8 @@ def _fit_scale(layer: FloatLayer, profile: Profile, *, theta: float, u_peak: flo
     if math.isinf(full_range):  # all weights zero: any exponent represents them
         return _Scale(weight_exp=0, scale=s_limit)
     act = profile.activation_shift
+    if layer.conv is not None:  # Lava's Conv applies no weight exponent
+        return _Scale(weight_exp=0, scale=min(full_range * 2.0**act, s_limit))
     exp = int(np.clip(math.floor(math.log2(s_limit / full_range)) - act,
                       profile.weight_exp_min, profile.weight_exp_max))
     return _Scale(weight_exp=exp, scale=min(full_range * 2.0**(exp + act), s_limit))
@@ -315,6 +338,8 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
         sign_mode=sign_mode, num_weight_bits=profile.num_weight_bits,
         num_message_bits=num_message_bits, du=du, dv=dv, vth=vth,
         bias_mant=bias_mant, bias_exp=bias_exp, scale=float(scale), recurrent=recurrent,
+        kind="dense" if layer.conv is None else "conv", shape=layer.shape,
+        conv=None if layer.conv is None else ConvGeometry(**dataclasses.asdict(layer.conv)),
         stats=LayerStats(
             weights_total=int(weights.size) + (0 if recurrent is None else recurrent.weights.size),
             weights_saturated=saturated + rec_saturated,
@@ -329,7 +354,9 @@ def u_peak_bound(layer: FloatLayer) -> float:
     spec = layer.spec
     with np.errstate(over="ignore", invalid="ignore"):  # inf: quantize_layer refuses it
         gain = spec.mem_gain * spec.r * spec.w_in
-        drive = np.abs(layer.weight).sum(axis=1) + np.abs(layer.bias)
+        rows = np.abs(layer.weight).reshape(layer.weight.shape[0], -1).sum(axis=1)
+        # a conv: the full kernel's sum for every neuron of its channel (an upper bound at borders)
+        drive = np.repeat(rows, layer.size // rows.size) + np.abs(layer.bias)
         if layer.recurrent is not None and layer.recurrent_bias is not None:
             drive = drive + np.abs(layer.recurrent).sum(axis=1) + np.abs(layer.recurrent_bias)
         return float(np.max(np.abs(gain) * drive / np.maximum(1.0 - spec.syn_keep, 1e-12),

@@ -16,7 +16,8 @@ v_threshold z_t) with its floor v_t <- max(v_t, v_min).
 
 Weight matrices lowered from conv layers are mostly zeros: large sparse ones are multiplied as
 torch sparse CSR matrices (15x faster for a few samples on the Sinabs N-MNIST CNN; the sums are
-the same up to float32 rounding order).
+the same up to float32 rounding order). A native conv layer (``FloatLayer.conv``) runs as torch's
+``conv2d`` on the (B, C, H, W) view of its input (the dense lowering's sums, in another order).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from snn_deploy.convert.conv import ConvShape
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork
 from snn_deploy.run.recording import Recording
 
@@ -88,17 +90,30 @@ class LayerParams:
     subtract: bool = False  # reset by subtracting v_threshold instead of setting v_reset
     multi_spike: bool = False  # floor(v / v_threshold) spikes per step (Sinabs' MultiSpike)
     v_min: torch.Tensor | None = None  # v floored here after every step (Sinabs' min_v_mem)
+    conv: ConvShape | None = None  # ``w`` is then the (C_out, C_in / groups, kH, kW) kernel
 
     @classmethod
     def of(cls, layer: FloatLayer) -> LayerParams:
         s = layer.spec
         rec = None if layer.recurrent is None else _t(layer.recurrent)
         rec_b = None if layer.recurrent_bias is None else _t(layer.recurrent_bias)
-        return cls(w=_weights(layer.weight), b=_t(layer.bias), syn_keep=_t(s.syn_keep),
+        w = _t(layer.weight) if layer.conv is not None else _weights(layer.weight)
+        return cls(w=w, b=_t(layer.bias), syn_keep=_t(s.syn_keep), conv=layer.conv,
                    gain=_t(s.mem_gain), leak=s.leak, r=_t(s.r), w_in=_t(s.w_in),
                    v_leak=_t(s.v_leak), v_threshold=_t(s.v_threshold), v_reset=_t(s.v_reset),
                    rec=rec, rec_b=rec_b, subtract=s.reset == "subtract",
                    multi_spike=s.multi_spike, v_min=None if s.v_min is None else _t(s.v_min))
+
+
+def feed(p: LayerParams, x: torch.Tensor) -> torch.Tensor:
+    """The layer's synaptic input ``W x`` for (B, n_in) input, (B, n) out (a conv on the
+    (B, C, H, W) view of ``x``)."""
+    c = p.conv
+    if c is None:
+        return synaptic(p.w, x)
+    y = torch.nn.functional.conv2d(x.reshape(x.shape[0], *c.in_shape), p.w, stride=c.stride,
+                                   padding=c.padding, dilation=c.dilation, groups=c.groups)
+    return y.reshape(x.shape[0], -1)
 
 
 def heaviside(v: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -111,7 +126,7 @@ def layer_step(p: LayerParams, x: torch.Tensor, i: torch.Tensor, v: torch.Tensor
     """One step of one layer: (input, current, voltage, last spikes) -> (spikes, current, voltage).
     ``spike(v, threshold)`` is the threshold function (a surrogate-gradient one for attacks; a
     multi-spike layer, for comparisons only, counts its spikes without it)."""
-    syn = synaptic(p.w, x) + p.b
+    syn = feed(p, x) + p.b
     if p.rec is not None and p.rec_b is not None:
         syn = syn + z_prev @ p.rec.T + p.rec_b
     i = p.syn_keep * i + p.w_in * syn
