@@ -37,8 +37,9 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from snn_deploy.coding import Coding  # noqa: E402
+from snn_deploy.convert.conv import ConvGeometry  # noqa: E402
 from snn_deploy.profiles import load_profile  # noqa: E402
-from snn_deploy.quantize.deployment import ConvGeometry, Deployment, LayerStats, QuantLayer  # noqa: E402
+from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer  # noqa: E402
 from snn_deploy.quantize.netx_read import read_netx  # noqa: E402
 from snn_deploy.run.emulator import Emulator  # noqa: E402
 from snn_deploy.run.lava_sim import run_lava_sim  # noqa: E402

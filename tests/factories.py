@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from hypothesis import strategies as st
 from snn_deploy.coding import Coding
+from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork, NeuronSpec
 from snn_deploy.profiles import load_profile
 from snn_deploy.quantize.deployment import (
     SIGN_MODES,
-    ConvGeometry,
     Deployment,
     LayerStats,
     QuantLayer,

@@ -12,9 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from snn_deploy.coding import Coding
+from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import fanout
-from snn_deploy.quantize.deployment import ConvGeometry, Deployment, QuantLayer
+from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.run.emulator import Pipeline, run_layers
 from snn_deploy.run.twin import EmulatorTwin
 

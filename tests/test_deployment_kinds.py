@@ -12,10 +12,10 @@ import h5py
 import numpy as np
 import pytest
 from snn_deploy.coding import Coding
+from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.errors import InputFileError, QuantizationError
 from snn_deploy.quantize.deployment import (
     FORMAT_VERSION,
-    ConvGeometry,
     Deployment,
     QuantLayer,
     RecurrentSynapse,

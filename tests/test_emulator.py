@@ -21,66 +21,23 @@ from snn_deploy.quantize.deployment import (
     QuantLayer,
     RecurrentSynapse,
 )
-from snn_deploy.run.emulator import KERNELS, input_levels, run_emulator, run_layers
+from snn_deploy.run.emulator import input_levels, run_emulator, run_layers
 from snn_deploy.run.lava_sim import build_graph, execute, input_to_lava, run_lava_sim, to_recording
 from snn_deploy.targets import load_target
 
-from tests.factories import NO_STATS, PROFILE, deployments
+from tests.factories import NO_STATS, PROFILE, assert_states_equal_lava, deployments
 
 pytestmark = pytest.mark.slow
 
 
-def lava_states(dep: Deployment, x: np.ndarray):
-    """Run Lava with Monitors: per layer (spikes, u, v), each (total_steps, n) int64."""
-    from lava.proc.monitor.process import Monitor
-
-    steps = x.shape[0]
-    data = input_to_lava(dep, x)
-    with tempfile.TemporaryDirectory() as tmp:
-        graph = build_graph(dep, data, steps=steps, record_dir=Path(tmp))
-        monitors = []
-        for lif in graph.lifs:
-            mu, mv = Monitor(), Monitor()
-            mu.probe(lif.u, graph.total_steps)
-            mv.probe(lif.v, graph.total_steps)
-            monitors.append((lif, mu, mv))
-        states = []
-
-        def read() -> None:
-            for lif, mu, mv in monitors:
-                states.append((np.asarray(mu.get_data()[lif.name]["u"]).astype(np.int64),
-                               np.asarray(mv.get_data()[lif.name]["v"]).astype(np.int64)))
-
-        spikes = execute(graph, before_stop=read)
-    return [(s.astype(np.int64), u, v) for s, (u, v) in zip(spikes, states)]
-
-
 def assert_equal_to_lava(dep: Deployment, x: np.ndarray) -> int:
-    """Compare every layer's spikes, u and v at every step of every sample, for both step loops
-    (the numba kernel and torch's), with one Lava run; returns #spikes."""
-    steps, batch = x.shape[0], x.shape[1]
-    lava = lava_states(dep, x)
-    total_spikes = 0
-    for kernel in KERNELS:
-        traces = run_layers(dep, torch.from_numpy(x), record_state=True, kernel=kernel)
-        for depth, (trace, (l_s, l_u, l_v)) in enumerate(zip(traces, lava), start=1):
-            window = slice(depth, depth + batch * steps)
-
-            def local(a: np.ndarray) -> np.ndarray:  # (total, n) -> (T, B, n)
-                return a[window].reshape(batch, steps, -1).transpose(1, 0, 2)
-
-            for name, ours, theirs in (
-                    ("spikes", trace.spikes.to(torch.int64).numpy(), local(l_s)),
-                    ("u", trace.u.numpy(), local(l_u)), ("v", trace.v.numpy(), local(l_v))):
-                bad = np.argwhere(ours != theirs)
-                assert len(bad) == 0, (
-                    f"{kernel} layer {depth} {name}: {len(bad)} mismatches, first (t, b, n)"
-                    f" {bad[:3].tolist()}: emulator {ours[tuple(bad[0])]} vs Lava"
-                    f" {theirs[tuple(bad[0])]}")
-            np.testing.assert_array_equal(trace.spike_counts().numpy(),
-                                          trace.spikes.sum(0).numpy())
-        total_spikes = sum(int(t.spikes.sum()) for t in traces)
-    return total_spikes
+    """Every layer's spikes, u and v at every step of every sample, for both step loops, against
+    one Lava run (``factories.assert_states_equal_lava``); the kernel's own spike counts agree
+    with its spikes; returns #spikes."""
+    traces = assert_states_equal_lava(dep, x)
+    for trace in traces:
+        np.testing.assert_array_equal(trace.spike_counts().numpy(), trace.spikes.sum(0).numpy())
+    return sum(int(t.spikes.sum()) for t in traces)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,7 +16,7 @@ import pytest
 import torch
 from snn_deploy import api
 from snn_deploy.cli import main
-from snn_deploy.convert.conv import ConvShape, lowered
+from snn_deploy.convert.conv import ConvGeometry, lowered
 from snn_deploy.convert.nirgraph import graph_to_network, with_reset
 from snn_deploy.quantize.deployment import load_deployment
 from snn_deploy.run.emulator import run_emulator
@@ -84,7 +84,7 @@ def test_single_conv_chains_stay_native(nir_path):
     net = graph_to_network(nir.read(nir_path))
     c1, c2, fc = net.layers
     assert [layer.synapse for layer in net.layers] == ["c1", "c2", "f+fc"]
-    assert c1.conv == ConvShape(in_shape=(2, 9, 8), out_shape=(4, 9, 8), kernel=(3, 3),
+    assert c1.conv == ConvGeometry(in_shape=(2, 9, 8), out_shape=(4, 9, 8), kernel=(3, 3),
                                 stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
     assert c2.conv.out_shape == (3, 4, 3) and c2.conv.stride == (2, 2)
     assert (c1.weight.shape, c1.shape, c1.size) == ((4, 2, 3, 3), (4, 9, 8), 288)

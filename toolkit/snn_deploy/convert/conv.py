@@ -6,8 +6,8 @@ synapse on the neuron, ``convert.nirgraph`` keeps it native: the layer's ``weigh
 kernel (C_out, C_in / groups, kH, kW), its ``conv`` the geometry below, its bias one value per
 neuron (the per-channel bias repeated over H x W, as the dense lowering has it). Every other chain
 (pooling, Flatten + Affine, a conv followed by a pool, a Conv1d, 'same' padding that is asymmetric)
-is composed into one dense matrix (``convert.lowering``). ``quantize.fixed_point`` turns the
-geometry into ``quantize.deployment.ConvGeometry`` (same fields).
+is composed into one dense matrix (``convert.lowering``). ``quantize.fixed_point`` hands the
+geometry to the Deployment's conv layer as it is.
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ from snn_deploy.errors import UnsupportedNode, UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvShape:
-    """torch's ``conv2d`` on channel-first (C, H, W) input, zero padding on both sides; (stride,
-    padding, dilation) are (H, W) pairs."""
+class ConvGeometry:
+    """A 2-D convolution's geometry, the same for the float layer and the Deployment: torch's
+    ``conv2d`` (a cross-correlation) of channel-first (C, H, W) input with a (C_out, C_in / groups,
+    kH, kW) kernel, zero padding on both sides, per group; (stride, padding, dilation) are (H, W)
+    pairs. Lava's ``Conv`` computes the same on (W, H, C) arrays (``run.lava_layers``); its
+    fixed-point form is in ``quantize.deployment.QuantLayer``. Shapes: out = floor((in + 2 p -
+    d (k - 1) - 1) / s) + 1 per axis (lava/proc/conv/utils.py ``output_shape``)."""
 
     in_shape: tuple[int, int, int]
     out_shape: tuple[int, int, int]
@@ -43,6 +47,12 @@ class ConvShape:
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
 
+    @staticmethod
+    def output_hw(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                  padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
+        return tuple((i + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[return-value]
+                     for i, k, s, p, d in zip(in_hw, kernel, stride, padding, dilation))
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvMap:
@@ -51,7 +61,7 @@ class ConvMap:
     weight: np.ndarray
     bias: np.ndarray
     out_shape: tuple[int, int, int]
-    conv: ConvShape
+    conv: ConvGeometry
 
 
 def native_conv(nodes: list[tuple[str, nir.NIRNode]], shape: tuple[int, ...]) -> ConvMap | None:
@@ -79,7 +89,7 @@ def native_conv(nodes: list[tuple[str, nir.NIRNode]], shape: tuple[int, ...]) ->
                    for i, k, s, p, d in zip(shape[1:], kernel, stride, lo, dilation))
     if min(out_hw) < 1:
         return None
-    geometry = ConvShape(in_shape=tuple(shape), out_shape=(c_out, *out_hw), kernel=kernel,
+    geometry = ConvGeometry(in_shape=tuple(shape), out_shape=(c_out, *out_hw), kernel=kernel,
                          stride=stride, padding=lo, dilation=dilation, groups=groups)
     per_channel = np.zeros(c_out)
     if getattr(node, "bias", None) is not None:
@@ -107,7 +117,7 @@ def synapse_map(nodes: list[tuple[str, nir.NIRNode]], shape: tuple[int, ...], *,
     return amap
 
 
-def lowered(weight: np.ndarray, conv: ConvShape) -> np.ndarray:
+def lowered(weight: np.ndarray, conv: ConvGeometry) -> np.ndarray:
     """The conv as the dense (n_out, n_in) float64 matrix the lowering would have built."""
     matrix, _ = _window_matrix(weight, conv.in_shape, stride=conv.stride, pad_lo=conv.padding,
                                pad_hi=conv.padding, dilation=conv.dilation, groups=conv.groups)

@@ -33,7 +33,7 @@ import nir
 import numpy as np
 
 from snn_deploy.coding import Coding
-from snn_deploy.convert.conv import ConvMap, ConvShape, synapse_map
+from snn_deploy.convert.conv import ConvGeometry, ConvMap, synapse_map
 from snn_deploy.convert.lowering import (
     LINEAR_TYPES,
     AffineMap,
@@ -104,7 +104,7 @@ class FloatLayer:
     recurrent: np.ndarray | None = None  # (n, n) float64
     recurrent_bias: np.ndarray | None = None  # (n,) float64
     recurrent_synapse: str | None = None
-    conv: ConvShape | None = None
+    conv: ConvGeometry | None = None
     shape: tuple[int, ...] = ()  # the neurons' (C, H, W) for a conv; () for a flat (n,) layer
 
     @property

@@ -19,6 +19,7 @@ import numpy as np
 
 from snn_deploy import lava_formats as lava
 from snn_deploy.coding import Coding
+from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.errors import InputFileError, ProfileError, QuantizationError
 from snn_deploy.fileio import atomic_path
 from snn_deploy.hdf5_limits import open_checked
@@ -80,30 +81,6 @@ MAX_DELAY = 62  # the largest synaptic delay netx gives Lava's DelayDense (its m
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvGeometry:
-    """A Lava ``Conv`` (lava/proc/conv, ``PyConvModelFixed``): the 2-D cross-correlation of the
-    (C, H, W) spikes with the (C_out, C_in / groups, kH, kW) mantissas, torch's ``conv2d`` in CHW
-    order, zero padding, per group; (stride, padding, dilation) are (H, W) pairs. The fixed-point
-    Conv applies no weight exponent (``weight_exp`` is 0) and no truncation, and its output wraps
-    into 24 bits: a = (a + 2**23) mod 2**24 - 2**23. Shapes: out = floor((in + 2 p - d (k - 1) - 1)
-    / s) + 1 per axis (lava/proc/conv/utils.py ``output_shape``)."""
-
-    in_shape: tuple[int, int, int]
-    out_shape: tuple[int, int, int]
-    kernel: tuple[int, int]
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-
-    @staticmethod
-    def output_hw(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
-                  padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
-        return tuple((i + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[return-value]
-                     for i, k, s, p, d in zip(in_hw, kernel, stride, padding, dilation))
-
-
-@dataclasses.dataclass(frozen=True)
 class QuantLayer:
     """A Lava ``Dense`` (integer weights) feeding a Lava CUBA ``LIF`` population, in Loihi 2's
     fixed-point arithmetic (Lava 0.10: ``PyDenseModelBitAcc``, lava/proc/dense/models.py, and
@@ -126,8 +103,10 @@ class QuantLayer:
     one step later on Lava; every simulator here runs each layer in its own local time, every
     sample from rest. ``run.lif_core`` is the one implementation of these equations.
 
-    For ``kind`` "conv" the synapse is a Lava ``Conv`` (``ConvGeometry``):
-    a_t = wrap24(conv2d(s_{t-1}, weights)), no exponent, the rest as above. For ``kind`` "input"
+    For ``kind`` "conv" the synapse is a Lava ``Conv`` (``PyConvModelFixed``, geometry
+    ``convert.conv.ConvGeometry``): a_t = wrap24(conv2d(s_{t-1}, weights)), the weights used as
+    they are (no exponent, no truncation), wrap24(a) = (a + 2**23) mod 2**24 - 2**23; the rest as
+    above. For ``kind`` "input"
     there is no synapse: a_t is the data (input current), or the data are the bias mantissas of
     each step (``--input-as bias``, netx's ``input`` block). Lava's ``LIFReset`` zeroes u and v
     before the update of its reset steps (``run.emulator.Pipeline``).

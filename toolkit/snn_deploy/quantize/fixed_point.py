@@ -42,7 +42,6 @@ from snn_deploy.errors import QuantizationError
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.dense_grid import WeightGrid, sign_mode_of, weight_grid
 from snn_deploy.quantize.deployment import (
-    ConvGeometry,
     Deployment,
     LayerStats,
     QuantLayer,
@@ -339,7 +338,7 @@ def quantize_layer(layer: FloatLayer, profile: Profile, *, u_peak: float,
         num_message_bits=num_message_bits, du=du, dv=dv, vth=vth,
         bias_mant=bias_mant, bias_exp=bias_exp, scale=float(scale), recurrent=recurrent,
         kind="dense" if layer.conv is None else "conv", shape=layer.shape,
-        conv=None if layer.conv is None else ConvGeometry(**dataclasses.asdict(layer.conv)),
+        conv=layer.conv,
         stats=LayerStats(
             weights_total=int(weights.size) + (0 if recurrent is None else recurrent.weights.size),
             weights_saturated=saturated + rec_saturated,

@@ -18,11 +18,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.errors import InputFileError, UnsupportedNode
 from snn_deploy.quantize.dense_grid import lava_dense_grid
 from snn_deploy.quantize.deployment import (
     MAX_DELAY,
-    ConvGeometry,
     LayerStats,
     QuantLayer,
     RecurrentSynapse,

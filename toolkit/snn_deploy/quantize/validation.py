@@ -19,7 +19,8 @@ from snn_deploy.errors import QuantizationError
 from snn_deploy.profiles import Profile
 
 if TYPE_CHECKING:
-    from snn_deploy.quantize.deployment import ConvGeometry, Deployment, LayerStats, QuantLayer
+    from snn_deploy.convert.conv import ConvGeometry
+    from snn_deploy.quantize.deployment import Deployment, LayerStats, QuantLayer
 
 
 def outside(values: np.ndarray, lo: int, hi: int) -> str | None:

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from snn_deploy.convert.conv import ConvShape
+from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.convert.nirgraph import FloatLayer, FloatNetwork
 from snn_deploy.run.recording import Recording
 
@@ -90,7 +90,7 @@ class LayerParams:
     subtract: bool = False  # reset by subtracting v_threshold instead of setting v_reset
     multi_spike: bool = False  # floor(v / v_threshold) spikes per step (Sinabs' MultiSpike)
     v_min: torch.Tensor | None = None  # v floored here after every step (Sinabs' min_v_mem)
-    conv: ConvShape | None = None  # ``w`` is then the (C_out, C_in / groups, kH, kW) kernel
+    conv: ConvGeometry | None = None  # ``w`` is then the (C_out, C_in / groups, kH, kW) kernel
 
     @classmethod
     def of(cls, layer: FloatLayer) -> LayerParams:

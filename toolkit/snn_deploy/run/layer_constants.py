@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from snn_deploy import lava_formats as lava
+from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.errors import UserError
 from snn_deploy.profiles import Profile
 from snn_deploy.quantize.dense_grid import lava_dense_grid
-from snn_deploy.quantize.deployment import ConvGeometry, Deployment, QuantLayer
+from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.run.lif_core import INT31, scaled_bias
 
 CONV_WRAP = float(1 << 23)  # Lava's fixed-point Conv wraps its output into 24 bits
