@@ -17,7 +17,7 @@ from snn_deploy.errors import UserError
 from snn_deploy.evaluate.counts import fanout
 from snn_deploy.quantize.deployment import Deployment, QuantLayer
 from snn_deploy.run.emulator import Pipeline, run_layers
-from snn_deploy.run.twin import EmulatorTwin
+from snn_deploy.evaluate.resources import resources
 
 from tests.factories import NO_STATS, PROFILE
 
@@ -141,7 +141,7 @@ def test_input_layer_takes_its_data_as_bias_held_over_the_steps():
         run_layers(_deployment([conv], n), image.expand(3, -1, -1), input_as="bias")
 
 
-def test_backends_that_run_dense_layers_only_refuse_conv_clearly():
-    with pytest.raises(UserError, match="differentiable twin runs dense layers only so far, and"
+def test_what_runs_dense_layers_only_refuses_conv_clearly():
+    with pytest.raises(UserError, match="resources runs dense layers only so far, and"
                                         r" layer 0 \(c0\) is a conv layer"):
-        EmulatorTwin(_net(1))
+        resources(_net(1), PROFILE)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from snn_deploy.coding import DecoderSpec
+from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
 from snn_deploy.run.float_backend import LayerParams, float_loop
@@ -54,7 +55,8 @@ class TwinSource:
 
 class BPTRSource:
     """Exact twin forward; backward through per-layer rates r_l = mean_t s_l, with
-    d r_l / d r_{l-1} = diag[r_l > 0] * W_l * gain_l, gain_l = 2**(exp + 6) / (vth << 6)."""
+    d r_l / d r_{l-1} = diag[r_l > 0] * W_l * gain_l, gain_l = 2**(exp + 6) / (vth << 6); W_l a
+    Conv's correlation for a conv layer."""
 
     def __init__(self, dep: Deployment, *, decoder: DecoderSpec = DecoderSpec()):
         self.twin = EmulatorTwin(dep).requires_grad_(False)
@@ -62,10 +64,12 @@ class BPTRSource:
         p = dep.profile
         self.maps = []
         for layer in dep.layers:
-            w = torch.as_tensor(lava_weights(layer, weight_bits=p.weight_bits), dtype=torch.float64)
+            w = layer.weights if layer.kind == "conv" else \
+                lava_weights(layer, weight_bits=p.weight_bits)
             gain = 2.0 ** (layer.weight_exp + p.activation_shift) / max(
                 float(layer.vth << p.threshold_shift), 1.0)
-            self.maps.append((w * gain * float(dep.input_scale if not self.maps else 1)))
+            w = torch.as_tensor(w, dtype=torch.float64)
+            self.maps.append((w * gain * float(dep.input_scale if not self.maps else 1), layer.conv))
         self.name = "bptr"
 
     def spike_logits(self, s: torch.Tensor) -> torch.Tensor:
@@ -74,9 +78,9 @@ class BPTRSource:
             out = self.twin(s.detach())
         r = s.reshape(steps, s.shape[1], -1).to(torch.float64).mean(dim=0)  # straight through
         drive = r
-        for w, spikes in zip(self.maps, out.layers):
+        for (w, conv), spikes in zip(self.maps, out.layers):
             rate = spikes.mean(dim=0)
-            drive = r @ w.T  # mean input current per step, in units of the threshold
+            drive = _mean_drive(r, w, conv)  # mean input current per step, in threshold units
             a = drive * (rate > 0)
             r = rate + a - a.detach()
         if self.decoder.name == "spike_count":
@@ -85,6 +89,16 @@ class BPTRSource:
         proxy = drive if self.decoder.reads_membrane else r
         scale = self.decoder.beta * steps
         return (exact + scale * (proxy - proxy.detach())).to(torch.float32)
+
+
+def _mean_drive(r: torch.Tensor, w: torch.Tensor, conv: ConvGeometry | None) -> torch.Tensor:
+    """(B, n_in) rates -> (B, n) through a Dense's (n, n_in) matrix or a Conv's kernel."""
+    if conv is None:
+        return r @ w.T
+    a = torch.nn.functional.conv2d(r.reshape(r.shape[0], *conv.in_shape), w,
+                                   stride=tuple(conv.stride), padding=tuple(conv.padding),
+                                   dilation=tuple(conv.dilation), groups=conv.groups)
+    return a.reshape(r.shape[0], -1)
 
 
 class FloatSource:

@@ -340,6 +340,10 @@ def _optimizer(twin: Twin, dep: Deployment, s: Settings, bounds: tuple[int, int]
             clamps.vth.append((max(float(bounds[0]), math.ceil(VTH_FLOOR * v0)), float(bounds[1])))
             groups.append({"params": [p.requires_grad_(True)], "lr": s.lr * max(v0, 1.0)})
         if s.weight_lr > 0:
+            conv = next((layer.neuron for layer in dep.layers if layer.kind != "dense"), None)
+            if conv is not None:  # a Conv's weights are not on the Dense grid these helpers use
+                raise UserError(f"weight fine-tuning runs on dense layers only so far, and"
+                                f" {conv} is not one: fine-tune the thresholds (weight_lr 0)")
             for w, layer in zip(twin.weights, dep.layers):
                 lo, hi = weight_limits(layer, dep)
                 centre = cell_centre(layer, dep)

@@ -6,8 +6,11 @@ the arithmetic shift, the decay's truncation, the 24-bit wrap of u and the satur
 threshold ``v > vth << 6`` is a Heaviside step whose derivative is replaced by a surrogate of
 selectable shape and width; the width is relative to the threshold, ``x = (v - theta) / theta``.
 
-Gradients reach the input (for attacks), and each layer's float ``weights``, ``vth`` and ``bias``
-parameters (for re-tuning); ``quantized()`` gives back the integers the forward pass used.
+Layers are Dense (with a DelayDense's per-neuron delays, if any) or Conv (run/twin_layers.py: the
+exact correlation, its 24-bit wrap straight through); input layers of neurons are refused.
+Gradients reach the input (for attacks), and each layer's float ``weights`` (a Conv's: its
+(C_out, C_in / groups, kH, kW) kernel), ``vth`` and ``bias`` parameters (for re-tuning);
+``quantized()`` gives back the integers the forward pass used.
 Recurrent weights are constants of the twin. Every sample starts from rest, with no spikes on a
 recurrent synapse, as on the emulator and lava-sim (run/lava_sim.py).
 """
@@ -24,7 +27,7 @@ import torch
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.dense_grid import lava_dense_grid
 from snn_deploy.quantize.deployment import Deployment
-from snn_deploy.run.layer_constants import lava_weights, require_dense
+from snn_deploy.run.layer_constants import lava_weights
 from snn_deploy.run.lif_core import (
     INT31,
     Ops,
@@ -36,13 +39,8 @@ from snn_deploy.run.lif_core import (
     scaled_bias,
     wrap_int32,
 )
-
-
-def _ste(x: torch.Tensor, exact: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Forward ``exact(x)``, backward identity (and x itself where ``exact`` returns its input)."""
-    d = x.detach()
-    e = exact(d)
-    return x if e is d else x + (e - d)
+from snn_deploy.run.twin_layers import conv_drive, conv_weights, delayed, require_twin_kinds
+from snn_deploy.run.twin_layers import ste as _ste
 
 
 def _exact_matmul(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -167,18 +165,19 @@ class EmulatorTwin(torch.nn.Module):
 
     def __init__(self, dep: Deployment, *, surrogate: str = "fast_sigmoid", width: float = 0.5):
         super().__init__()
-        require_dense(dep, "the differentiable twin")
         if surrogate not in SURROGATES:
             raise UserError(f"unknown surrogate {surrogate!r}: choose from {', '.join(SURROGATES)}")
         if not (width > 0 and math.isfinite(width)):
             raise UserError(f"surrogate width must be > 0, got {width}")
+        require_twin_kinds(dep)
         self.dep, self.surrogate, self.width = dep, surrogate, width
         p = dep.profile
         self.weights = torch.nn.ParameterList()
         self.vth = torch.nn.ParameterList()
         self.bias = torch.nn.ParameterList()
         for layer in dep.layers:
-            w = lava_weights(layer, weight_bits=p.weight_bits)
+            w = layer.weights if layer.kind == "conv" else \
+                lava_weights(layer, weight_bits=p.weight_bits)
             self.weights.append(torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float64)))
             self.vth.append(torch.nn.Parameter(torch.tensor(float(layer.vth), dtype=torch.float64)))
             bias = scaled_bias(layer.bias_mant, layer.bias_exp, wrap=False)
@@ -186,6 +185,8 @@ class EmulatorTwin(torch.nn.Module):
 
     def _grid_weights(self, k: int) -> torch.Tensor:
         layer = self.dep.layers[k]
+        if layer.kind == "conv":
+            return conv_weights(self.weights[k], self.dep.profile.weight_bits)
 
         def exact(w: torch.Tensor) -> torch.Tensor:
             rounded = dataclasses.replace(layer, weights=torch.round(w).to(torch.int64).cpu().numpy())
@@ -238,10 +239,14 @@ class EmulatorTwin(torch.nn.Module):
         return TwinOutput(layers=tuple(outs), membrane=torch.stack(membrane))
 
     def _drive(self, k: int, s: torch.Tensor) -> _Drive:
-        """Layer k's input into u for each step of (T, B, n_in) presynaptic spikes or levels."""
+        """Layer k's input into u for each step of (T, B, n_in) presynaptic spikes or levels
+        (a DelayDense's: each neuron's column shifted by its delay, as on the emulator)."""
         p, layer = self.dep.profile, self.dep.layers[k]
         shift = float(1 << p.activation_shift)
         w = self._grid_weights(k)
+        if layer.conv is not None:  # |a| < 2**23 after the 24-bit wrap: a << 6 fits int32
+            act, peak = conv_drive(s, w, layer.conv, shift)
+            return _Drive(steps=act.unbind(0), peak=peak, wrap=False, rec=None)
         rec = self._recurrent(k)
         into_u = float(1 << (layer.weight_exp + p.activation_shift)) if layer.weight_exp >= 0 else 0.0
         worst = abs_max(s) * float(w.detach().abs().sum(dim=1).max()) if w.numel() else 0.0
@@ -252,6 +257,7 @@ class EmulatorTwin(torch.nn.Module):
             ff = _exact_matmul(s, w) * into_u
         else:
             ff = self._shifted(_exact_matmul(s, w), layer.weight_exp, layer.num_message_bits > 0)
+        ff = delayed(ff, layer.delays)
         peak = abs_max(ff) * (1.0 if folded else shift) + (0.0 if rec is None else rec[2] * shift)
         wrap = peak >= INT31
         # per-step slices by unbind: indexing [t] would make the backward pass fill a zero
