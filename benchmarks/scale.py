@@ -17,7 +17,8 @@ Emulator figures: samples/s of ``Emulator.run`` (median of 3 after a warm-up). l
 run of ``--lava-samples`` samples (slow: about 10 s per PilotNet sample here). Peak memory: an
 emulator run of each of ``--memory-samples`` PilotNet samples in a child process (ru_maxrss,
 torch included), so growth with the batch shows. Not measured yet, and reported as null with the
-reason: the float backend and the twin on conv layers (they run dense layers only so far).
+reason: float samples/s and one twin PGD step against one float step (neither network has a
+float NIR graph behind it).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from snn_deploy.run.lava_sim import run_lava_sim  # noqa: E402
 
 STEPS = 16
 TARGETS = {"emulator_over_lava_sim": 1000.0, "peak_memory_gb_1000_pilotnet": 4.0}
-NOT_YET = "conv layers run on the emulator and lava-sim only so far"
+NOT_YET = ("no float graph behind these Deployments (a netx import, random integers), so no float"
+           " backend and no twin-step-vs-float-step comparison")
 
 
 def gts() -> Path:
