@@ -33,6 +33,7 @@ import numpy as np
 
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import MAX_DELAY, Deployment, QuantLayer
+from snn_deploy.run.layer_constants import require_kinds
 
 # Lava SignMode names for our sign_mode strings (lava/utils/weightutils.py, SignMode).
 _SIGN_MODE_NAMES = {"mixed": "MIXED", "excitatory": "EXCITATORY", "inhibitory": "INHIBITORY"}
@@ -42,11 +43,7 @@ LAVA_KINDS = ("dense", "conv")  # the layer kinds the Lava backends build
 
 def require_lava_kinds(dep: Deployment, what: str = "the Lava backends") -> None:
     """Refuse the layer kinds the Lava graph does not build yet (input layers of neurons)."""
-    for i, layer in enumerate(dep.layers):
-        if layer.kind not in LAVA_KINDS:
-            raise UserError(f"{what} run dense and conv layers only so far, and layer {i}"
-                            f" ({layer.neuron}) is {'an' if layer.kind == 'input' else 'a'}"
-                            f" {layer.kind} layer: run it on the emulator")
+    require_kinds(dep, LAVA_KINDS, f"{what} run dense and conv layers only so far")
 
 
 def dense(weights: np.ndarray, *, weight_exp: int, num_weight_bits: int, sign_mode: str,

@@ -22,17 +22,26 @@ from snn_deploy.run.lif_core import INT31, scaled_bias
 CONV_WRAP = float(1 << 23)  # Lava's fixed-point Conv wraps its output into 24 bits
 
 
-def require_dense(dep: Deployment, what: str) -> None:
-    """Refuse the layer kinds ``what`` does not run yet: conv and input layers, and dense layers
-    with synaptic delays, run natively on the emulator only, so far."""
+def require_kinds(dep: Deployment, kinds: tuple[str, ...], refusal: str, *,
+                  no_delays: str | None = None) -> None:
+    """Refuse, in one line, a layer whose kind is not in ``kinds``: ``refusal`` (who runs what),
+    then the layer; with ``no_delays`` (who runs what, likewise), a layer with synaptic delays
+    too. The emulator runs every kind."""
     for i, layer in enumerate(dep.layers):
-        if layer.kind != "dense":
-            raise UserError(f"{what} runs dense layers only so far, and layer {i} ({layer.neuron})"
-                            f" is {'an' if layer.kind == 'input' else 'a'} {layer.kind} layer:"
+        if layer.kind not in kinds:
+            raise UserError(f"{refusal}, and layer {i} ({layer.neuron}) is"
+                            f" {'an' if layer.kind == 'input' else 'a'} {layer.kind} layer:"
                             " run it on the emulator")
-        if layer.delays is not None:
-            raise UserError(f"{what} runs layers without synaptic delays only so far, and layer"
-                            f" {i} ({layer.neuron}) has delays: run it on the emulator")
+        if no_delays is not None and layer.delays is not None:
+            raise UserError(f"{no_delays}, and layer {i} ({layer.neuron}) has delays: run it on"
+                            " the emulator")
+
+
+def require_dense(dep: Deployment, what: str) -> None:
+    """Refuse what ``what`` does not run yet: conv and input layers, and dense layers with
+    synaptic delays."""
+    require_kinds(dep, ("dense",), f"{what} runs dense layers only so far",
+                  no_delays=f"{what} runs layers without synaptic delays only so far")
 
 
 def lava_weights(layer: QuantLayer, *, weight_bits: int = lava.WEIGHT_BITS) -> np.ndarray:

@@ -15,7 +15,7 @@ from snn_deploy import lava_formats as lava
 from snn_deploy.convert.conv import ConvGeometry
 from snn_deploy.errors import UserError
 from snn_deploy.quantize.deployment import Deployment
-from snn_deploy.run.layer_constants import CONV_WRAP
+from snn_deploy.run.layer_constants import CONV_WRAP, require_kinds
 from snn_deploy.run.lif_core import abs_max
 
 TWIN_KINDS = ("dense", "conv")  # the layer kinds the twin runs
@@ -31,11 +31,8 @@ def ste(x: torch.Tensor, exact: Callable[[torch.Tensor], torch.Tensor]) -> torch
 def require_twin_kinds(dep: Deployment) -> None:
     """Refuse the layers the twin does not run: input layers of neurons (the data as their bias,
     ``--input-as bias``, a run that is not attacked)."""
-    for i, layer in enumerate(dep.layers):
-        if layer.kind not in TWIN_KINDS:
-            raise UserError(f"the differentiable twin runs {' and '.join(TWIN_KINDS)} layers, and"
-                            f" layer {i} ({layer.neuron}) is {'an' if layer.kind == 'input' else 'a'}"
-                            f" {layer.kind} layer: run it on the emulator")
+    require_kinds(dep, TWIN_KINDS,
+                  f"the differentiable twin runs {' and '.join(TWIN_KINDS)} layers")
 
 
 def conv_weights(w: torch.Tensor, weight_bits: int) -> torch.Tensor:
